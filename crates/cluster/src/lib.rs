@@ -1,0 +1,36 @@
+//! The reusable pod-clustering kit of crashgrid; it knows nothing about crashes.
+//!
+//! Today it holds **leader election on a lease** with client-go semantics and fencing epochs:
+//!
+//! - [`LeaseRecord`] / [`Version`]: the lease as stored (the fields of a Kubernetes
+//!   `coordination.k8s.io/v1` Lease) and its opaque optimistic-concurrency version
+//!   (`resourceVersion`).
+//! - [`LeaseBackend`]: compare-and-swap storage for one lease, with [`MemoryLease`] (tests,
+//!   fault injection) and [`FileLease`] (several processes on one machine). A Kubernetes
+//!   backend implements the same trait.
+//! - [`Elector`]: the election as a pure state machine (no I/O, no clock reads), fed instants
+//!   and backend results, answering with the next [`Action`].
+//! - [`spawn_elector`] / [`ElectorHandle`]: a thin tokio driver that publishes [`Leadership`]
+//!   on a `watch` channel and releases the lease on shutdown.
+//! - [`EpochFence`]: the receiving side of fencing; rejects messages from deposed leaders.
+//!
+//! Two design points carry the safety (the full argument is in `src/election/mod.rs`):
+//!
+//! - **Expiry is judged on the observer's own monotonic clock.** A candidate takes a lease
+//!   over only after it saw the same version unchanged for `lease_duration`, counted from when
+//!   *it* first saw it; the `renewTime` written by the holder is never compared with any clock.
+//!   A leader stops acting `renew_deadline` (< `lease_duration`) after *sending* its last
+//!   successful renewal. Clock offsets between pods therefore cannot produce two leaders.
+//! - **Fencing.** A process can still be paused between checking leadership and acting on it,
+//!   so every leader-originated message carries `epoch = lease_transitions` of the record it
+//!   leads under, and receivers reject lower epochs with an [`EpochFence`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod election;
+
+pub use election::{
+    spawn_elector, spawn_elector_with, Action, BoxFuture, ElectionConfig, Elector, ElectorHandle,
+    EpochFence, FileLease, Leadership, LeaseBackend, LeaseError, LeaseRecord, MemoryFault,
+    MemoryLease, MicroTime, StaleEpoch, Version, JITTER_FACTOR,
+};

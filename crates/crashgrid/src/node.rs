@@ -1,0 +1,665 @@
+//! One crashgrid node: the ingest queue, the symbolication workers, aggregation into the live
+//! window, crash groups, the sink, and the snapshots pushed to dashboards.
+//!
+//! # Flow of one batch
+//!
+//! 1. [`Node::submit`] admits a batch *whole or not at all* against the queue capacity (a count
+//!    of unacknowledged events, not a channel size: memory is bounded by it). A full queue is
+//!    an [`Overloaded`] answer (HTTP 429 with Retry-After), never a silent drop.
+//! 2. The batch is cut into jobs of at most [`JOB_EVENTS`] events, so large batches spread over
+//!    all workers. Each job remembers when it was accepted: that instant is what the "oldest
+//!    unacked age" measures, and its Unix second is the slice of the live window the events
+//!    count in (the statistics answer "what is arriving now"; a crash's own timestamp, which a
+//!    phone may report days late, is kept in the symbolicated record).
+//! 3. Worker threads (CPU-bound, off the async runtime) symbolicate, fingerprint, write to the
+//!    sink, fold the job into one per-second [`Partial`] and merge it into the window, then
+//!    acknowledge the job. "Unacked" is everything admitted and not yet acknowledged.
+//! 4. Once a second a publisher task takes a snapshot and puts it on a `watch` channel; every
+//!    WebSocket subscriber is fed from there.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use stats::{CrashRecord, Partial, Snapshot, Window, WindowConfig};
+use symbolicate::{
+    CacheConfig, CrashEvent, SymCaches, SymbolStore, SymbolicatedCrash, Symbolicator,
+};
+use tokio::sync::watch;
+
+use crate::clock::WallClock;
+use crate::fingerprint::{fingerprint, InApp};
+use crate::metrics::{Exposition, Metrics};
+
+/// Largest job handed to one worker.
+pub const JOB_EVENTS: usize = 64;
+
+/// Where symbolicated crashes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkConfig {
+    /// Nowhere (statistics only).
+    None,
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON lines appended to a file.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for SinkConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Self::None),
+            "stdout" => Ok(Self::Stdout),
+            _ => match s.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+                _ => Err(format!("expected none, stdout or file:PATH, found {s:?}")),
+            },
+        }
+    }
+}
+
+/// Settings of a node's pipeline.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's name in the cluster (the pod name on Kubernetes).
+    pub node_id: String,
+    /// The symbol store directory.
+    pub store_dir: PathBuf,
+    /// The SymCache directory (local disk; safe to lose).
+    pub cache_dir: PathBuf,
+    /// Most events admitted and not yet acknowledged. 20,000: a few seconds of peak traffic
+    /// for one pod; beyond it clients are told to retry (429), which keeps memory bounded
+    /// (a 40-frame event is about 4 KiB in memory: ~80 MiB at the bound).
+    pub queue_capacity: usize,
+    /// Symbolication worker threads; 0 means one per CPU.
+    pub workers: usize,
+    /// In-app module patterns (see [`InApp`]).
+    pub in_app: Vec<String>,
+    /// Where symbolicated crashes are written.
+    pub sink: SinkConfig,
+    /// The live window.
+    pub window: WindowConfig,
+    /// How long a missing/malformed debug file is remembered.
+    pub negative_ttl: Duration,
+    /// Most crash groups remembered for `/api/v1/groups/{id}` (the least recently seen go).
+    pub max_groups: usize,
+}
+
+impl NodeConfig {
+    /// Defaults for a node named `node_id` keeping its data under `data_dir`.
+    pub fn new(node_id: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            node_id: node_id.into(),
+            store_dir: data_dir.join("symbols"),
+            cache_dir: data_dir.join("cache"),
+            queue_capacity: 20_000,
+            workers: 0,
+            in_app: Vec::new(),
+            sink: SinkConfig::None,
+            window: WindowConfig::default(),
+            negative_ttl: Duration::from_secs(60),
+            max_groups: 10_000,
+        }
+    }
+}
+
+/// The queue is full; retry after the given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overloaded {
+    /// Suggested wait before retrying.
+    pub retry_after: Duration,
+}
+
+struct Job {
+    seq: u64,
+    accepted_ms: u64,
+    events: Vec<CrashEvent>,
+}
+
+/// Admitted, not yet acknowledged events.
+struct Backlog {
+    capacity: usize,
+    inflight: AtomicUsize,
+    next_seq: AtomicU64,
+    /// Job sequence → (accepted at, events): ordered, so the first is the oldest.
+    jobs: Mutex<BTreeMap<u64, (u64, usize)>>,
+}
+
+impl Backlog {
+    fn try_reserve(&self, n: usize) -> bool {
+        self.inflight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur + n <= self.capacity).then_some(cur + n)
+            })
+            .is_ok()
+    }
+
+    fn register(&self, accepted_ms: u64, n: usize) -> u64 {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.jobs.lock().insert(seq, (accepted_ms, n));
+        seq
+    }
+
+    fn ack(&self, seq: u64) {
+        if let Some((_, n)) = self.jobs.lock().remove(&seq) {
+            self.inflight.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    fn unacked(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    fn oldest_age_ms(&self, now_ms: u64) -> u64 {
+        self.jobs
+            .lock()
+            .values()
+            .next()
+            .map(|(at, _)| now_ms.saturating_sub(*at))
+            .unwrap_or(0)
+    }
+}
+
+/// What is known of a crash group.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupInfo {
+    /// Group id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// The frames that make the signature.
+    pub signature: Vec<String>,
+    /// Crashes of this group processed by this node since it started.
+    pub count: u64,
+    /// Unix ms of the first crash seen.
+    pub first_seen_ms: u64,
+    /// Unix ms of the latest crash seen.
+    pub last_seen_ms: u64,
+    /// The latest symbolicated crash of the group.
+    pub latest: Arc<SymbolicatedCrash>,
+}
+
+struct Groups {
+    map: HashMap<String, GroupInfo>,
+    capacity: usize,
+}
+
+impl Groups {
+    fn record(&mut self, group: crate::fingerprint::Group, crash: Arc<SymbolicatedCrash>, now_ms: u64) {
+        if let Some(info) = self.map.get_mut(&group.id) {
+            info.count += 1;
+            info.last_seen_ms = now_ms;
+            info.latest = crash;
+            return;
+        }
+        if self.map.len() >= self.capacity {
+            // Evict the least recently seen tenth in one go (amortized O(1) per insert).
+            let mut seen: Vec<(u64, String)> =
+                self.map.values().map(|g| (g.last_seen_ms, g.id.clone())).collect();
+            seen.sort_unstable();
+            for (_, id) in seen.into_iter().take(self.capacity / 10 + 1) {
+                self.map.remove(&id);
+            }
+        }
+        self.map.insert(
+            group.id.clone(),
+            GroupInfo {
+                id: group.id,
+                title: group.title,
+                signature: group.signature,
+                count: 1,
+                first_seen_ms: now_ms,
+                last_seen_ms: now_ms,
+                latest: crash,
+            },
+        );
+    }
+}
+
+enum Sink {
+    None,
+    Writer(Mutex<Box<dyn Write + Send>>),
+}
+
+#[derive(Serialize)]
+struct SinkRecord<'a> {
+    group_id: &'a str,
+    group_title: &'a str,
+    #[serde(flatten)]
+    crash: &'a SymbolicatedCrash,
+}
+
+/// The backlog figures the original team watched.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BacklogView {
+    /// Events accepted and not yet processed and acknowledged.
+    pub unacked: u64,
+    /// Age of the oldest unacknowledged event, milliseconds.
+    pub oldest_unacked_age_ms: u64,
+    /// Average symbolication time per crash over the window, microseconds.
+    pub avg_symbolication_us: f64,
+    /// The queue's capacity (events).
+    pub queue_capacity: u64,
+}
+
+/// A member as shown on the dashboard's cluster panel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberView {
+    /// Node id.
+    pub id: String,
+    /// Address of its HTTP API.
+    pub address: String,
+    /// Whether it answers.
+    pub healthy: bool,
+    /// Whether it leads.
+    pub leader: bool,
+}
+
+/// The cluster as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterView {
+    /// The leader's id.
+    pub leader: Option<String>,
+    /// Leader epoch (fencing token).
+    pub epoch: u64,
+    /// Members.
+    pub members: Vec<MemberView>,
+}
+
+/// Ingest counters in the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IngestView {
+    /// Events accepted since start.
+    pub accepted_total: u64,
+    /// Events processed since start.
+    pub processed_total: u64,
+    /// Requests or events rejected since start.
+    pub rejected_total: u64,
+}
+
+/// What `/api/v1/stats` and the WebSocket deliver.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeSnapshot {
+    /// The node that produced it.
+    pub node: String,
+    /// Unix ms when it was taken.
+    pub generated_at_ms: u64,
+    /// The window statistics.
+    pub stats: Snapshot,
+    /// Backlog figures.
+    pub backlog: BacklogView,
+    /// Ingest counters.
+    pub ingest: IngestView,
+    /// Cluster view.
+    pub cluster: ClusterView,
+}
+
+struct Inner {
+    config: NodeConfig,
+    address: String,
+    symbolicator: Symbolicator,
+    in_app: InApp,
+    clock: Arc<dyn WallClock>,
+    window: Mutex<Window>,
+    groups: Mutex<Groups>,
+    backlog: Backlog,
+    metrics: Metrics,
+    jobs: Mutex<Option<crossbeam_channel::Sender<Job>>>,
+    sink: Sink,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    snapshots: watch::Sender<Arc<str>>,
+}
+
+/// A running node (cheap to clone; all clones share it).
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.inner.config.node_id).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the store and caches, starts the worker threads. `address` is the public HTTP
+    /// address shown to the cluster panel.
+    pub fn start(config: NodeConfig, address: String, clock: Arc<dyn WallClock>) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        config.window.validate().context("invalid window configuration")?;
+        anyhow::ensure!(config.queue_capacity > 0, "queue capacity must be positive");
+        let store = SymbolStore::open(&config.store_dir)
+            .with_context(|| format!("opening symbol store {}", config.store_dir.display()))?;
+        let mut cache_config = CacheConfig::new(&config.cache_dir);
+        cache_config.negative_ttl = config.negative_ttl;
+        let caches = Arc::new(SymCaches::new(store, cache_config));
+        let sink = match &config.sink {
+            SinkConfig::None => Sink::None,
+            SinkConfig::Stdout => Sink::Writer(Mutex::new(Box::new(std::io::stdout()))),
+            SinkConfig::File(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening sink file {}", path.display()))?;
+                Sink::Writer(Mutex::new(Box::new(std::io::BufWriter::new(file))))
+            }
+        };
+        let now = clock.now_secs();
+        let window = Window::new(config.window.clone(), now).context("creating the window")?;
+        let workers = if config.workers == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        } else {
+            config.workers
+        };
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let (snapshots, _) = watch::channel(Arc::<str>::from("{}"));
+        let inner = Arc::new(Inner {
+            in_app: InApp::new(config.in_app.clone()),
+            symbolicator: Symbolicator::new(caches),
+            clock,
+            window: Mutex::new(window),
+            groups: Mutex::new(Groups { map: HashMap::new(), capacity: config.max_groups.max(1) }),
+            backlog: Backlog {
+                capacity: config.queue_capacity,
+                inflight: AtomicUsize::new(0),
+                next_seq: AtomicU64::new(0),
+                jobs: Mutex::new(BTreeMap::new()),
+            },
+            metrics: Metrics::default(),
+            jobs: Mutex::new(Some(tx)),
+            sink,
+            workers: Mutex::new(Vec::new()),
+            snapshots,
+            address,
+            config,
+        });
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let rx = rx.clone();
+            let inner = inner.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("symbolicate-{i}"))
+                    .spawn(move || {
+                        while let Ok(job) = rx.recv() {
+                            inner.process(job);
+                        }
+                    })
+                    .context("spawning a worker thread")?,
+            );
+        }
+        *inner.workers.lock() = handles;
+        let node = Self { inner };
+        node.publish();
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.inner.config.node_id
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// The metrics counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The symbolicator (store and caches).
+    pub fn symbolicator(&self) -> &Symbolicator {
+        &self.inner.symbolicator
+    }
+
+    /// The wall clock.
+    pub fn clock(&self) -> &Arc<dyn WallClock> {
+        &self.inner.clock
+    }
+
+    /// Admits a batch of valid events, whole or not at all.
+    pub fn submit(&self, events: Vec<CrashEvent>) -> Result<usize, Overloaded> {
+        let n = events.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let inner = &self.inner;
+        let sender = inner.jobs.lock().clone();
+        let Some(sender) = sender.filter(|_| inner.backlog.try_reserve(n)) else {
+            inner.metrics.rejected.add("overloaded", n as u64);
+            return Err(Overloaded { retry_after: Duration::from_secs(1) });
+        };
+        let accepted_ms = inner.clock.now_ms();
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let chunk: Vec<CrashEvent> = events.by_ref().take(JOB_EVENTS).collect();
+            let seq = inner.backlog.register(accepted_ms, chunk.len());
+            if sender.send(Job { seq, accepted_ms, events: chunk }).is_err() {
+                // Workers are gone (shutting down): nothing may be lost silently.
+                inner.backlog.ack(seq);
+                tracing::error!("worker pool stopped while accepting a batch");
+            }
+        }
+        inner.metrics.accepted.add(n as u64);
+        Ok(n)
+    }
+
+    /// The current backlog figures.
+    pub fn backlog(&self) -> BacklogView {
+        let inner = &self.inner;
+        let avg = inner.window.lock().snapshot(inner.clock.now_secs()).symbolication_time_us.avg;
+        BacklogView {
+            unacked: inner.backlog.unacked() as u64,
+            oldest_unacked_age_ms: inner.backlog.oldest_age_ms(inner.clock.now_ms()),
+            avg_symbolication_us: avg.unwrap_or(0.0),
+            queue_capacity: inner.backlog.capacity as u64,
+        }
+    }
+
+    /// The cluster as this node sees it (one node until clustering lands).
+    pub fn cluster(&self) -> ClusterView {
+        ClusterView {
+            leader: Some(self.inner.config.node_id.clone()),
+            epoch: 0,
+            members: vec![MemberView {
+                id: self.inner.config.node_id.clone(),
+                address: self.inner.address.clone(),
+                healthy: true,
+                leader: true,
+            }],
+        }
+    }
+
+    /// Takes a snapshot now.
+    pub fn snapshot(&self) -> NodeSnapshot {
+        let inner = &self.inner;
+        let now_ms = inner.clock.now_ms();
+        let stats = {
+            let mut window = inner.window.lock();
+            window.advance(now_ms / 1000);
+            window.snapshot(now_ms / 1000)
+        };
+        let m = &inner.metrics;
+        NodeSnapshot {
+            node: inner.config.node_id.clone(),
+            generated_at_ms: now_ms,
+            backlog: BacklogView {
+                unacked: inner.backlog.unacked() as u64,
+                oldest_unacked_age_ms: inner.backlog.oldest_age_ms(now_ms),
+                avg_symbolication_us: stats.symbolication_time_us.avg.unwrap_or(0.0),
+                queue_capacity: inner.backlog.capacity as u64,
+            },
+            stats,
+            ingest: IngestView {
+                accepted_total: m.accepted.get(),
+                processed_total: m.processed.get(),
+                rejected_total: m.rejected.snapshot().values().sum(),
+            },
+            cluster: self.cluster(),
+        }
+    }
+
+    /// Takes a snapshot and hands it to every subscriber.
+    pub fn publish(&self) {
+        let json = serde_json::to_string(&self.snapshot()).expect("snapshots serialize");
+        self.inner.snapshots.send_replace(Arc::from(json));
+    }
+
+    /// The stream of published snapshots (JSON text).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<str>> {
+        self.inner.snapshots.subscribe()
+    }
+
+    /// Publishes a snapshot every `period` until `shutdown` resolves.
+    pub async fn run_publisher(self, period: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {
+                    let node = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || node.publish()).await;
+                }
+            }
+        }
+    }
+
+    /// A crash group, if this node has seen it.
+    pub fn group(&self, id: &str) -> Option<GroupInfo> {
+        self.inner.groups.lock().map.get(id).cloned()
+    }
+
+    /// Stops admitting, lets the workers finish every admitted event, flushes the sink.
+    /// Blocking: call from a blocking context.
+    pub fn shutdown(&self) {
+        self.inner.jobs.lock().take();
+        let workers: Vec<_> = std::mem::take(&mut *self.inner.workers.lock());
+        for w in workers {
+            let _ = w.join();
+        }
+        if let Sink::Writer(w) = &self.inner.sink {
+            let _ = w.lock().flush();
+        }
+        self.publish();
+    }
+
+    /// Renders `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let inner = &self.inner;
+        let m = &inner.metrics;
+        let snap = self.snapshot();
+        let counters = inner.symbolicator.caches().counters();
+        let mut e = Exposition::default();
+        e.counter("crashgrid_crashes_received_total", "Crash events received in request bodies.", m.received.get());
+        e.counter("crashgrid_crashes_accepted_total", "Crash events accepted into the ingest queue.", m.accepted.get());
+        e.counter("crashgrid_crashes_processed_total", "Crash events symbolicated, aggregated and acknowledged.", m.processed.get());
+        e.labeled("crashgrid_rejected_total", "counter", "Events or requests rejected, by reason.", "reason", &m.rejected.snapshot());
+        e.labeled("crashgrid_frames_total", "counter", "Symbolicated output frames by status.", "status", &m.frames.snapshot());
+        e.gauge("crashgrid_unacked_messages", "Events accepted and not yet processed and acknowledged.", snap.backlog.unacked as f64);
+        e.gauge("crashgrid_oldest_unacked_age_seconds", "Age of the oldest unacknowledged event.", snap.backlog.oldest_unacked_age_ms as f64 / 1000.0);
+        e.gauge("crashgrid_ingest_queue_capacity", "Most events admitted and not yet acknowledged.", snap.backlog.queue_capacity as f64);
+        e.counter("crashgrid_symbolication_seconds_sum", "Total time spent symbolicating crashes.", m.symbolication_us_sum.get() as f64 / 1e6);
+        e.counter("crashgrid_symbolication_seconds_count", "Crashes symbolicated.", m.processed.get());
+        e.gauge("crashgrid_symbolication_avg_seconds", "Average symbolication time per crash over the live window.", snap.backlog.avg_symbolication_us / 1e6);
+        let t = &snap.stats.symbolication_time_us;
+        for (q, v) in [("p50", t.p50), ("p95", t.p95), ("p99", t.p99)] {
+            e.gauge(&format!("crashgrid_symbolication_{q}_seconds"), &format!("{q} symbolication time per crash over the live window."), v.unwrap_or(0.0) / 1e6);
+        }
+        e.gauge("crashgrid_window_crashes", "Crashes in the live window.", snap.stats.total as f64);
+        e.gauge("crashgrid_window_distinct_users", "Distinct affected users in the live window (HyperLogLog).", snap.stats.distinct_users as f64);
+        e.counter("crashgrid_late_records_total", "Records counted in the current second because their acceptance second had left the window.", m.late_records.get());
+        e.counter("crashgrid_symcache_conversions_total", "Debug files converted to SymCaches.", counters.conversions);
+        e.counter("crashgrid_symcache_disk_loads_total", "SymCaches loaded from the on-disk cache.", counters.disk_loads);
+        e.counter("crashgrid_symcache_negative_hits_total", "Lookups answered by a remembered missing or malformed debug file.", counters.negative_hits);
+        e.counter("crashgrid_debug_files_stored_total", "Debug files stored through the API.", m.debug_files_stored.get());
+        e.counter("crashgrid_debug_files_refused_total", "Debug files refused through the API.", m.debug_files_refused.get());
+        e.counter("crashgrid_sink_errors_total", "Failed writes to the crash sink.", m.sink_errors.get());
+        e.counter("crashgrid_websocket_messages_total", "Snapshots pushed over WebSocket.", m.ws_messages.get());
+        e.gauge("crashgrid_is_leader", "1 when this node leads the cluster.", 1.0);
+        e.gauge("crashgrid_leader_epoch", "Epoch (fencing token) of the current leader.", snap.cluster.epoch as f64);
+        e.gauge("crashgrid_cluster_members", "Members in this node's view of the cluster.", snap.cluster.members.len() as f64);
+        e.finish()
+    }
+}
+
+impl Inner {
+    fn process(&self, job: Job) {
+        let second = job.accepted_ms / 1000;
+        let mut partial = Partial::new();
+        let mut statuses: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut sym_us_total = 0u64;
+        for event in &job.events {
+            let started = Instant::now();
+            let crash = self.symbolicator.symbolicate(event);
+            let us = started.elapsed().as_micros() as u64;
+            sym_us_total += us;
+            for t in &crash.threads {
+                for f in &t.frames {
+                    *statuses.entry(f.status.as_str()).or_default() += 1;
+                }
+            }
+            let group = fingerprint(&crash, &self.in_app);
+            if let Sink::Writer(w) = &self.sink {
+                let record = SinkRecord { group_id: &group.id, group_title: &group.title, crash: &crash };
+                let mut line = serde_json::to_vec(&record).expect("records serialize");
+                line.push(b'\n');
+                if let Err(e) = w.lock().write_all(&line) {
+                    self.metrics.sink_errors.inc();
+                    tracing::warn!(error = %e, "sink write failed");
+                }
+            }
+            partial.add(&CrashRecord {
+                second,
+                app_version: &event.app.version,
+                platform: &event.platform,
+                os_version: &event.os.version,
+                device_model: event.device_model.as_deref().unwrap_or("unknown"),
+                exception_type: &event.exception.ty,
+                group_id: &group.id,
+                group_title: &group.title,
+                user_id: event.user_id.as_deref(),
+                symbolication_us: us,
+            });
+            self.groups.lock().record(group, Arc::new(crash), self.clock.now_ms());
+        }
+        if let Sink::Writer(w) = &self.sink {
+            if let Err(e) = w.lock().flush() {
+                self.metrics.sink_errors.inc();
+                tracing::warn!(error = %e, "sink flush failed");
+            }
+        }
+        {
+            let mut window = self.window.lock();
+            if window.merge(second, &partial).is_err() {
+                // The acceptance second has left the window (a backlog over five minutes):
+                // count the records now rather than lose them.
+                let now = self.clock.now_secs();
+                window.advance(now);
+                self.metrics.late_records.add(job.events.len() as u64);
+                if let Err(e) = window.merge(now, &partial) {
+                    tracing::error!(error = %e, "cannot merge records into the window");
+                }
+            }
+        }
+        for (status, n) in statuses {
+            self.metrics.frames.add(status, n);
+        }
+        self.metrics.symbolication_us_sum.add(sym_us_total);
+        self.metrics.processed.add(job.events.len() as u64);
+        self.backlog.ack(job.seq);
+    }
+}

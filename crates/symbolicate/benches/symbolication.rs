@@ -1,0 +1,162 @@
+//! Symbolication throughput: crashgrid vs `llvm-symbolizer`, same binary, same 100,000
+//! addresses, one run. Prints addresses/s for both and the ratio, warm (SymCache built and
+//! loaded) and cold (conversion included).
+//!
+//! Run: `cargo bench -p symbolicate --bench symbolication` (needs cc, nm and llvm-symbolizer;
+//! `scripts/test` installs them). Set `BENCH_ADDRESSES` to change the count.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use symbolicate::{CacheConfig, SymCaches, SymbolStore, Symbolicator};
+
+/// A generated C program: `n` functions, each calling inlined helpers, so the DWARF has
+/// realistic inline trees and line tables.
+fn program(n: usize) -> String {
+    let mut s = String::from("#include <stdio.h>\n#include <stdlib.h>\n");
+    for i in 0..n {
+        s.push_str(&format!(
+            "static inline int mix{i}(int x) {{ int y = x * {m} + {i}; if (y & 1) y ^= x >> 3; return y; }}\n\
+             static inline int fold{i}(const int *v, int n) {{ int t = 0; for (int k = 0; k < n; k++) t += mix{i}(v[k]); return t; }}\n\
+             __attribute__((noinline)) int work{i}(int *v, int n) {{\n  int a = fold{i}(v, n);\n  if (a > {i}) a -= mix{i}(a);\n  for (int k = 0; k < n; k++) v[k] = a + k;\n  return a;\n}}\n",
+            m = 31 + i % 17
+        ));
+    }
+    s.push_str("int main(int argc, char **argv) {\n  (void)argv; int v[8] = {argc}; int r = 0;\n");
+    for i in 0..n {
+        s.push_str(&format!("  r += work{i}(v, argc);\n"));
+    }
+    s.push_str("  printf(\"%d\\n\", r);\n  return 0;\n}\n");
+    s
+}
+
+fn main() {
+    let count: usize = std::env::var("BENCH_ADDRESSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("bench.c");
+    std::fs::write(&src, program(1500)).unwrap();
+    let binary = dir.path().join("bench");
+    let status = Command::new("cc")
+        .args(["-g", "-O2", "-o"])
+        .arg(&binary)
+        .arg(&src)
+        .status()
+        .expect("cc");
+    assert!(status.success());
+
+    // Addresses: uniformly inside the program's functions (seeded).
+    let nm = Command::new("nm")
+        .args(["--print-size", "--defined-only"])
+        .arg(&binary)
+        .output()
+        .unwrap();
+    let funcs: Vec<(u64, u64)> = String::from_utf8(nm.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let p: Vec<&str> = l.split_whitespace().collect();
+            (p.len() == 4 && p[3].starts_with("work")).then(|| {
+                (
+                    u64::from_str_radix(p[0], 16).unwrap(),
+                    u64::from_str_radix(p[1], 16).unwrap(),
+                )
+            })
+        })
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let addrs: Vec<u64> = (0..count)
+        .map(|_| {
+            let (start, size) = funcs[rng.gen_range(0..funcs.len())];
+            start + rng.gen_range(0..size)
+        })
+        .collect();
+    let size = std::fs::metadata(&binary).unwrap().len();
+    println!(
+        "binary: {} functions, {} KiB; {} addresses",
+        funcs.len() * 3,
+        size / 1024,
+        addrs.len()
+    );
+
+    // llvm-symbolizer: one process, all addresses on stdin (its best case: parsed once).
+    let started = Instant::now();
+    let mut child = Command::new("llvm-symbolizer")
+        .args(["--output-style=JSON", "--inlining", "--demangle"])
+        .arg(format!("--obj={}", binary.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("llvm-symbolizer");
+    let mut stdin = child.stdin.take().unwrap();
+    let input: String = addrs.iter().map(|a| format!("{a:#x}\n")).collect();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    let llvm = started.elapsed();
+    let answers = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(answers, addrs.len());
+
+    let debug_id = symbolicate::inspect(&std::fs::read(&binary).unwrap()).unwrap()[0].debug_id;
+    let store = SymbolStore::open(dir.path().join("store")).unwrap();
+    store.add_file(&binary).unwrap();
+
+    // Cold: empty cache directory, conversion included.
+    let cold_dir = dir.path().join("cold");
+    let started = Instant::now();
+    let caches = Arc::new(SymCaches::new(store.clone(), CacheConfig::new(&cold_dir)));
+    let sym = Symbolicator::new(caches.clone());
+    let mut frames = 0usize;
+    for a in &addrs {
+        frames += sym.lookup(&debug_id, *a).unwrap().len();
+    }
+    let cold = started.elapsed();
+    assert_eq!(caches.counters().conversions, 1);
+
+    // Warm: the same symbolicator again, SymCache in memory.
+    let started = Instant::now();
+    let mut warm_frames = 0usize;
+    for a in &addrs {
+        warm_frames += sym.lookup(&debug_id, *a).unwrap().len();
+    }
+    let warm = started.elapsed();
+    assert_eq!(frames, warm_frames);
+
+    let rate = |d: Duration| addrs.len() as f64 / d.as_secs_f64();
+    println!("frames resolved (inline chains expanded): {frames}");
+    println!(
+        "{:<34} {:>12} {:>14} {:>8}",
+        "tool", "time", "addresses/s", "ratio"
+    );
+    println!(
+        "{:<34} {:>10.1}ms {:>14.0} {:>8}",
+        "llvm-symbolizer (one process)",
+        llvm.as_secs_f64() * 1e3,
+        rate(llvm),
+        "1.0x"
+    );
+    println!(
+        "{:<34} {:>10.1}ms {:>14.0} {:>7.1}x",
+        "crashgrid cold (with conversion)",
+        cold.as_secs_f64() * 1e3,
+        rate(cold),
+        llvm.as_secs_f64() / cold.as_secs_f64()
+    );
+    println!(
+        "{:<34} {:>10.1}ms {:>14.0} {:>7.1}x",
+        "crashgrid warm (SymCache loaded)",
+        warm.as_secs_f64() * 1e3,
+        rate(warm),
+        llvm.as_secs_f64() / warm.as_secs_f64()
+    );
+    println!("targets: warm >= 20x, cold >= 5x");
+}

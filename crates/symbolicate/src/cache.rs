@@ -1,0 +1,267 @@
+//! SymCaches: conversion, the on-disk cache, and remembered failures.
+//!
+//! # Design
+//!
+//! A debug file is converted once into a SymCache (`symbolic`'s compact, binary-searchable
+//! address → function/file/line/inlinee table) and the result is written to
+//! `<cache_dir>/symcaches/v<SYMCACHE_VERSION>.<CACHE_REVISION>/<debug-id>.symcache`. The path
+//! is versioned, so a new `symbolic` format or a change of our conversion never reads a stale
+//! cache; old directories are simply left behind. Writes go through a temporary file and a
+//! rename, so a crash mid-write never leaves a truncated cache that later reads would trust.
+//!
+//! In memory, every debug id has one *slot*. Whoever needs a SymCache locks the slot: the first
+//! caller converts (or loads from disk) while concurrent callers for the same id wait on the
+//! lock and then share the result — one conversion per file however many requests need it at
+//! once — while requests for other ids proceed in parallel.
+//!
+//! Failures are cached as plain data ([`CacheError`], `Clone + PartialEq`): a missing debug
+//! file or a malformed one is remembered for `negative_ttl`, so a burst of frames for an
+//! unknown module costs one store lookup, not one per frame. After the TTL the next request
+//! looks again (the file may have been uploaded since). Uploading a file through
+//! [`SymCaches::invalidate`] forgets the remembered failure at once.
+//!
+//! Loaded SymCaches are kept as their bytes (memory-mapped when read from disk); a lookup parses
+//! the header on each use (a few bounds checks, no scan), which keeps the crate free of
+//! self-referential `unsafe`. Each loaded SymCache memoizes its demangled function names as
+//! shared strings: hot frames repeat, and demangling a C++ name costs microseconds.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use symbolic::common::{ByteView, DebugId};
+use symbolic::symcache::{SymCache, SymCacheConverter, SYMCACHE_VERSION};
+
+use crate::clock::{Clock, SystemClock};
+use crate::object::{parse_archive, select};
+use crate::store::{write_atomic, SymbolStore};
+use crate::symbolicator::{lookup_in, NameMemo, SourceFrame};
+
+/// Our own revision of the conversion; bump it when the converter's input or settings change.
+const CACHE_REVISION: u32 = 1;
+
+/// Why no SymCache is available for a debug id. Cached, hence plain data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    /// No debug file is stored for the id.
+    #[error("no debug file for {0}")]
+    Missing(DebugId),
+    /// A debug file is stored but could not be read or converted.
+    #[error("debug file for {debug_id} is malformed: {reason}")]
+    Malformed {
+        /// The debug id.
+        debug_id: DebugId,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Settings of the SymCache layer.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Directory for converted SymCaches (local disk; safe to delete).
+    pub cache_dir: PathBuf,
+    /// How long a missing or malformed debug file is remembered before it is looked up again.
+    /// One minute: long enough that a flood of frames of one unknown module costs one lookup,
+    /// short enough that a debug file uploaded out of band is picked up quickly.
+    pub negative_ttl: Duration,
+}
+
+impl CacheConfig {
+    /// A config with the default TTL and the given cache directory.
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            cache_dir: cache_dir.into(),
+            negative_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A converted SymCache held in memory.
+#[derive(Debug)]
+pub struct LoadedSymCache {
+    bytes: ByteView<'static>,
+    debug_id: DebugId,
+    pub(crate) names: NameMemo,
+}
+
+impl LoadedSymCache {
+    /// Parses the SymCache and runs `f` on it.
+    pub fn with<R>(&self, f: impl FnOnce(&SymCache<'_>) -> R) -> Result<R, CacheError> {
+        let cache = SymCache::parse(&self.bytes).map_err(|e| CacheError::Malformed {
+            debug_id: self.debug_id,
+            reason: format!("symcache: {e}"),
+        })?;
+        Ok(f(&cache))
+    }
+
+    /// Looks up a module-relative address: source frames innermost first, empty when no symbol
+    /// covers it.
+    pub fn lookup(&self, addr: u64) -> Result<Vec<SourceFrame>, CacheError> {
+        self.with(|c| lookup_in(c, &self.names, addr))
+    }
+
+    /// Size of the SymCache in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the SymCache is empty (never, for a valid one).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+type Outcome = Result<Arc<LoadedSymCache>, CacheError>;
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<Option<(Outcome, Instant)>>,
+}
+
+/// Counters of the SymCache layer (monotonic).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheCounters {
+    /// Conversions from a debug file.
+    pub conversions: u64,
+    /// SymCaches loaded from the on-disk cache.
+    pub disk_loads: u64,
+    /// Lookups answered by a remembered failure.
+    pub negative_hits: u64,
+}
+
+/// Converted SymCaches for the debug files of a [`SymbolStore`].
+pub struct SymCaches {
+    store: SymbolStore,
+    config: CacheConfig,
+    clock: Arc<dyn Clock>,
+    slots: Mutex<HashMap<DebugId, Arc<Slot>>>,
+    counters: Mutex<CacheCounters>,
+}
+
+impl std::fmt::Debug for SymCaches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SymCaches")
+            .field("store", &self.store)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SymCaches {
+    /// SymCaches for `store`, using the system clock.
+    pub fn new(store: SymbolStore, config: CacheConfig) -> Self {
+        Self::with_clock(store, config, Arc::new(SystemClock))
+    }
+
+    /// SymCaches with an injected clock (tests drive the negative TTL with it).
+    pub fn with_clock(store: SymbolStore, config: CacheConfig, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            config,
+            clock,
+            slots: Mutex::new(HashMap::new()),
+            counters: Mutex::new(CacheCounters::default()),
+        }
+    }
+
+    /// The symbol store behind the caches.
+    pub fn store(&self) -> &SymbolStore {
+        &self.store
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> CacheCounters {
+        *self.counters.lock()
+    }
+
+    fn cache_path(&self, debug_id: &DebugId) -> PathBuf {
+        self.config
+            .cache_dir
+            .join("symcaches")
+            .join(format!("v{SYMCACHE_VERSION}.{CACHE_REVISION}"))
+            .join(format!("{debug_id}.symcache"))
+    }
+
+    /// Forgets what is known about `debug_id` (call after a new upload for it).
+    pub fn invalidate(&self, debug_id: &DebugId) {
+        self.slots.lock().remove(debug_id);
+        let _ = fs::remove_file(self.cache_path(debug_id));
+    }
+
+    /// The SymCache for `debug_id`: from memory, from the disk cache, or converted now.
+    ///
+    /// Blocking and possibly CPU-heavy (conversion): call it off the async runtime.
+    pub fn get(&self, debug_id: &DebugId) -> Outcome {
+        let slot = self.slots.lock().entry(*debug_id).or_default().clone();
+        let mut state = slot.state.lock();
+        let now = self.clock.now();
+        if let Some((outcome, at)) = state.as_ref() {
+            match outcome {
+                Ok(_) => return outcome.clone(),
+                Err(_) if now.saturating_duration_since(*at) < self.config.negative_ttl => {
+                    self.counters.lock().negative_hits += 1;
+                    return outcome.clone();
+                }
+                Err(_) => {}
+            }
+        }
+        let outcome = self.load_or_convert(debug_id).map(Arc::new);
+        *state = Some((outcome.clone(), now));
+        outcome
+    }
+
+    fn load_or_convert(&self, debug_id: &DebugId) -> Result<LoadedSymCache, CacheError> {
+        let path = self.cache_path(debug_id);
+        if let Ok(bytes) = ByteView::open(&path) {
+            if SymCache::parse(&bytes).is_ok_and(|c| c.is_latest()) {
+                self.counters.lock().disk_loads += 1;
+                return Ok(LoadedSymCache {
+                    bytes,
+                    debug_id: *debug_id,
+                    names: NameMemo::default(),
+                });
+            }
+            tracing::warn!(path = %path.display(), "discarding unreadable cached symcache");
+        }
+        let source = self
+            .store
+            .find(debug_id)
+            .ok_or(CacheError::Missing(*debug_id))?;
+        let malformed = |reason: String| CacheError::Malformed {
+            debug_id: *debug_id,
+            reason,
+        };
+        let data = ByteView::open(&source).map_err(|e| malformed(e.to_string()))?;
+        let bytes = convert(&data, debug_id).map_err(malformed)?;
+        self.counters.lock().conversions += 1;
+        if let Err(e) = write_atomic(&path, &bytes) {
+            tracing::warn!(path = %path.display(), error = %e, "could not write symcache to disk; keeping it in memory");
+        }
+        Ok(LoadedSymCache {
+            bytes: ByteView::from_vec(bytes),
+            debug_id: *debug_id,
+            names: NameMemo::default(),
+        })
+    }
+}
+
+/// Converts the object with `debug_id` in the debug file `data` into SymCache bytes.
+pub(crate) fn convert(data: &[u8], debug_id: &DebugId) -> Result<Vec<u8>, String> {
+    let archive = parse_archive(data).map_err(|e| e.to_string())?;
+    let object = select(&archive, debug_id)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("the stored file holds no object {debug_id}"))?;
+    let mut converter = SymCacheConverter::new();
+    converter
+        .process_object(&object)
+        .map_err(|e| format!("conversion failed: {e}"))?;
+    let mut out = Vec::new();
+    converter
+        .serialize(&mut std::io::Cursor::new(&mut out))
+        .map_err(|e| format!("serialization failed: {e}"))?;
+    Ok(out)
+}

@@ -1,0 +1,494 @@
+//! Symbolicating frames and whole crash events.
+//!
+//! For each reported frame: find its module (by `addr_mode: rel:N`, or by the absolute
+//! address falling in `[image_addr, image_addr + image_size)`), adjust the address of
+//! non-crashing frames to the *calling* instruction (a return address points after the call;
+//! looking it up as is would blame the next line, or even the next function — Symbolicator's
+//! rule, via `symbolic`'s `InstructionInfo`), subtract the image address, and look the
+//! module-relative address up in the module's SymCache. One reported frame expands to several
+//! output frames when calls were inlined, innermost first, each marked `inlined` except the
+//! outermost (the real, physical function).
+//!
+//! Status per frame, as Symbolicator reports it: `symbolicated`; `missing_symbol` (no debug
+//! file for the module, or none of its symbols covers the address); `unknown_image` (the
+//! address lies in no module); `malformed` (the debug file exists but cannot be read).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use serde::Serialize;
+use symbolic::common::{Arch, DebugId, InstructionInfo, Language, Name};
+use symbolic::demangle::{Demangle, DemangleOptions};
+use symbolic::symcache::SymCache;
+
+use parking_lot::RwLock;
+
+use crate::cache::{CacheError, LoadedSymCache, SymCaches};
+use crate::event::{AddrMode, CrashEvent, Module};
+
+/// Outcome of symbolicating one frame, as Symbolicator names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameStatus {
+    /// Function (and, with debug info, file and line) found.
+    Symbolicated,
+    /// No debug file for the module, or no symbol covers the address.
+    MissingSymbol,
+    /// The address lies in no module of the event.
+    UnknownImage,
+    /// The module's debug file is stored but unreadable.
+    Malformed,
+}
+
+impl FrameStatus {
+    /// The status as written in JSON and text output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameStatus::Symbolicated => "symbolicated",
+            FrameStatus::MissingSymbol => "missing_symbol",
+            FrameStatus::UnknownImage => "unknown_image",
+            FrameStatus::Malformed => "malformed",
+        }
+    }
+}
+
+/// One source location found for an address: a function, possibly inlined into the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceFrame {
+    /// Demangled function name (C++ with parameters, Rust without hash, Swift).
+    pub function: Arc<str>,
+    /// The name as stored in the debug file (mangled, when it was).
+    pub raw_function: Arc<str>,
+    /// Full source path, when the debug file has line information.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abs_path: Option<Arc<str>>,
+    /// Line number (0 when unknown).
+    pub lineno: u32,
+    /// Source language as `symbolic` detects it (`c`, `cpp`, `rust`, `swift`, `unknown`).
+    pub lang: &'static str,
+    /// Whether this location was inlined into the next one.
+    pub inlined: bool,
+}
+
+/// One output frame of a symbolicated thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SymbolicatedFrame {
+    /// Outcome for the reported frame this output frame came from.
+    pub status: FrameStatus,
+    /// Index of the reported frame this output frame expands.
+    pub original_index: usize,
+    /// The reported address, absolute.
+    #[serde(serialize_with = "ser_hex")]
+    pub instruction_addr: u64,
+    /// Index of the module the address lies in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_index: Option<usize>,
+    /// Module-relative address that was looked up (after caller adjustment).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_hex"
+    )]
+    pub lookup_addr: Option<u64>,
+    /// The module's code file (e.g. `libgame.so`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    /// The source location, when symbolicated.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceFrame>,
+}
+
+/// A symbolicated thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SymbolicatedThread {
+    /// Thread id, if reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// Thread name, if reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Whether the thread crashed.
+    pub crashed: bool,
+    /// Output frames, innermost first, inlined frames expanded.
+    pub frames: Vec<SymbolicatedFrame>,
+}
+
+/// Per-module outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModuleReport {
+    /// The module as reported.
+    #[serde(flatten)]
+    pub module: Module,
+    /// `found`, `missing`, `malformed` or `unused` (no frame pointed into it).
+    pub debug_status: &'static str,
+    /// Why the debug file was unusable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug_error: Option<String>,
+}
+
+/// A symbolicated crash event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SymbolicatedCrash {
+    /// The event as received, without threads and modules (they follow, symbolicated).
+    #[serde(flatten)]
+    pub event: EventMeta,
+    /// Threads with symbolicated frames.
+    pub threads: Vec<SymbolicatedThread>,
+    /// Modules with the outcome of their debug file lookup.
+    pub modules: Vec<ModuleReport>,
+}
+
+/// The descriptive part of an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventMeta {
+    /// See [`CrashEvent`].
+    pub event_id: String,
+    /// Unix milliseconds.
+    pub timestamp_ms: i64,
+    /// See [`CrashEvent`].
+    pub app: crate::event::App,
+    /// See [`CrashEvent`].
+    pub platform: String,
+    /// See [`CrashEvent`].
+    pub os: crate::event::Os,
+    /// See [`CrashEvent`].
+    pub device_model: Option<String>,
+    /// See [`CrashEvent`].
+    pub user_id: Option<String>,
+    /// See [`CrashEvent`].
+    pub exception: crate::event::Exception,
+}
+
+fn ser_hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:#x}"))
+}
+
+fn ser_opt_hex<S: serde::Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => ser_hex(v, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn demangle(name: &Name<'_>) -> String {
+    name.try_demangle(DemangleOptions::complete()).into_owned()
+}
+
+fn language_name(lang: Language) -> &'static str {
+    match lang {
+        Language::Unknown => "unknown",
+        other => other.name(),
+    }
+}
+
+/// Demangled function names of one SymCache, keyed by the address of the mangled name inside
+/// the SymCache's bytes (strings are deduplicated there, so the address identifies the string;
+/// the bytes live as long as the memo). C++ demangling costs microseconds; hot frames repeat.
+#[derive(Debug, Default)]
+pub(crate) struct NameMemo {
+    functions: RwLock<HashMap<(usize, usize), (Arc<str>, Arc<str>)>>,
+}
+
+fn str_key(s: Option<&str>) -> usize {
+    s.map_or(0, |s| s.as_ptr() as usize ^ (s.len() << 48))
+}
+
+impl NameMemo {
+    fn function(&self, function: &symbolic::symcache::Function<'_>) -> (Arc<str>, Arc<str>) {
+        let key = (str_key(Some(function.name())), function.language() as usize);
+        if let Some(found) = self.functions.read().get(&key) {
+            return found.clone();
+        }
+        let value: (Arc<str>, Arc<str>) = (
+            demangle(&function.name_for_demangling()).into(),
+            function.name().into(),
+        );
+        self.functions.write().insert(key, value.clone());
+        value
+    }
+}
+
+/// Looks up a module-relative address in a SymCache: source frames innermost first; empty when
+/// no symbol covers the address.
+pub(crate) fn lookup_in(cache: &SymCache<'_>, names: &NameMemo, addr: u64) -> Vec<SourceFrame> {
+    let mut frames: Vec<SourceFrame> = cache
+        .lookup(addr)
+        .map(|loc| {
+            let function = loc.function();
+            let (demangled, raw) = names.function(&function);
+            SourceFrame {
+                function: demangled,
+                raw_function: raw,
+                abs_path: loc
+                    .file()
+                    .map(|f| f.full_path())
+                    .filter(|p| !p.is_empty())
+                    .map(Arc::from),
+                lineno: loc.line(),
+                lang: language_name(function.language()),
+                inlined: true,
+            }
+        })
+        .collect();
+    if let Some(last) = frames.last_mut() {
+        last.inlined = false;
+    }
+    frames
+}
+
+/// Symbolicates frames and events against the SymCaches of a symbol store.
+#[derive(Debug, Clone)]
+pub struct Symbolicator {
+    caches: Arc<SymCaches>,
+}
+
+fn module_for(modules: &[Module], addr: u64) -> Option<usize> {
+    // End of a module without a size: the next module's start (Symbolicator's rule).
+    let mut best: Option<usize> = None;
+    for (i, m) in modules.iter().enumerate() {
+        if addr < m.image_addr {
+            continue;
+        }
+        let end = match m.image_size {
+            Some(size) => m.image_addr.saturating_add(size),
+            None => modules
+                .iter()
+                .map(|o| o.image_addr)
+                .filter(|&a| a > m.image_addr)
+                .min()
+                .unwrap_or(u64::MAX),
+        };
+        if addr < end && best.is_none_or(|b| modules[b].image_addr < m.image_addr) {
+            best = Some(i);
+        }
+    }
+    best
+}
+
+type ModuleCache = Result<Arc<LoadedSymCache>, CacheError>;
+
+impl Symbolicator {
+    /// A symbolicator over `caches`.
+    pub fn new(caches: Arc<SymCaches>) -> Self {
+        Self { caches }
+    }
+
+    /// The SymCaches in use.
+    pub fn caches(&self) -> &Arc<SymCaches> {
+        &self.caches
+    }
+
+    /// Looks up a module-relative address (already adjusted) in the debug file `debug_id`.
+    pub fn lookup(&self, debug_id: &DebugId, addr: u64) -> Result<Vec<SourceFrame>, CacheError> {
+        self.caches.get(debug_id)?.lookup(addr)
+    }
+
+    /// Symbolicates every frame of every thread of `event`. Blocking and CPU-bound.
+    pub fn symbolicate(&self, event: &CrashEvent) -> SymbolicatedCrash {
+        let mut loaded: HashMap<usize, ModuleCache> = HashMap::new();
+        let mut threads = Vec::with_capacity(event.threads.len());
+        for thread in &event.threads {
+            let mut frames = Vec::with_capacity(thread.frames.len());
+            for (index, frame) in thread.frames.iter().enumerate() {
+                let (abs, module_index) = match frame.addr_mode {
+                    AddrMode::Abs => (
+                        frame.instruction_addr,
+                        module_for(&event.modules, frame.instruction_addr),
+                    ),
+                    AddrMode::Rel(n) => (
+                        event.modules[n]
+                            .image_addr
+                            .wrapping_add(frame.instruction_addr),
+                        Some(n),
+                    ),
+                };
+                let base = SymbolicatedFrame {
+                    status: FrameStatus::UnknownImage,
+                    original_index: index,
+                    instruction_addr: abs,
+                    module_index,
+                    lookup_addr: None,
+                    package: None,
+                    source: None,
+                };
+                let Some(mi) = module_index else {
+                    frames.push(base);
+                    continue;
+                };
+                let module = &event.modules[mi];
+                let base = SymbolicatedFrame {
+                    status: FrameStatus::MissingSymbol,
+                    package: module.code_file.clone(),
+                    ..base
+                };
+                let Some(debug_id) = module.debug_id else {
+                    frames.push(base);
+                    continue;
+                };
+                let cache = loaded
+                    .entry(mi)
+                    .or_insert_with(|| self.caches.get(&debug_id));
+                let cache = match cache {
+                    Ok(cache) => cache,
+                    Err(CacheError::Missing(_)) => {
+                        frames.push(base);
+                        continue;
+                    }
+                    Err(CacheError::Malformed { .. }) => {
+                        frames.push(SymbolicatedFrame {
+                            status: FrameStatus::Malformed,
+                            ..base
+                        });
+                        continue;
+                    }
+                };
+                let crashing = thread.crashed && index == 0;
+                let result = cache.with(|sc| {
+                    let adjusted = caller_address(sc.arch(), abs, crashing);
+                    let rel = adjusted.wrapping_sub(module.image_addr);
+                    (rel, lookup_in(sc, &cache.names, rel))
+                });
+                match result {
+                    Ok((rel, sources)) if !sources.is_empty() => {
+                        for source in sources {
+                            frames.push(SymbolicatedFrame {
+                                status: FrameStatus::Symbolicated,
+                                lookup_addr: Some(rel),
+                                source: Some(source),
+                                ..base.clone()
+                            });
+                        }
+                    }
+                    Ok((rel, _)) => frames.push(SymbolicatedFrame {
+                        lookup_addr: Some(rel),
+                        ..base
+                    }),
+                    Err(_) => frames.push(SymbolicatedFrame {
+                        status: FrameStatus::Malformed,
+                        ..base
+                    }),
+                }
+            }
+            threads.push(SymbolicatedThread {
+                id: thread.id,
+                name: thread.name.clone(),
+                crashed: thread.crashed,
+                frames,
+            });
+        }
+        let modules = event
+            .modules
+            .iter()
+            .enumerate()
+            .map(|(i, module)| {
+                let (debug_status, debug_error) = match loaded.get(&i) {
+                    None => ("unused", None),
+                    Some(Ok(_)) => ("found", None),
+                    Some(Err(e @ CacheError::Missing(_))) => ("missing", Some(e.to_string())),
+                    Some(Err(e)) => ("malformed", Some(e.to_string())),
+                };
+                ModuleReport {
+                    module: module.clone(),
+                    debug_status,
+                    debug_error,
+                }
+            })
+            .collect();
+        SymbolicatedCrash {
+            event: EventMeta {
+                event_id: event.event_id.clone(),
+                timestamp_ms: event.timestamp_ms,
+                app: event.app.clone(),
+                platform: event.platform.clone(),
+                os: event.os.clone(),
+                device_model: event.device_model.clone(),
+                user_id: event.user_id.clone(),
+                exception: event.exception.clone(),
+            },
+            threads,
+            modules,
+        }
+    }
+}
+
+/// The address to look up for a frame: the instruction itself for the crashing frame, the
+/// calling instruction for every other (return addresses point after the call).
+pub fn caller_address(arch: Arch, addr: u64, crashing_frame: bool) -> u64 {
+    InstructionInfo::new(arch, addr)
+        .is_crashing_frame(crashing_frame)
+        .caller_address()
+}
+
+impl SymbolicatedCrash {
+    /// A readable rendering, one line per output frame.
+    pub fn to_text(&self) -> String {
+        let e = &self.event;
+        let mut out = String::new();
+        let _ = writeln!(out, "Event {} at {} ms", e.event_id, e.timestamp_ms);
+        let _ = writeln!(
+            out,
+            "{} {}{} · {} · {} {} · {}",
+            e.app.id,
+            e.app.version,
+            e.app
+                .build
+                .as_deref()
+                .map(|b| format!(" ({b})"))
+                .unwrap_or_default(),
+            e.platform,
+            e.os.name,
+            e.os.version,
+            e.device_model.as_deref().unwrap_or("unknown device"),
+        );
+        let _ = writeln!(
+            out,
+            "{}{}",
+            e.exception.ty,
+            e.exception
+                .value
+                .as_deref()
+                .map(|v| format!(": {v}"))
+                .unwrap_or_default()
+        );
+        for (ti, t) in self.threads.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "\nThread {}{}{}",
+                t.id.unwrap_or(ti as u64),
+                t.name
+                    .as_deref()
+                    .map(|n| format!(" {n:?}"))
+                    .unwrap_or_default(),
+                if t.crashed { " (crashed)" } else { "" }
+            );
+            for f in &t.frames {
+                let package = f
+                    .package
+                    .as_deref()
+                    .map(|p| p.rsplit('/').next().unwrap_or(p))
+                    .unwrap_or("???");
+                let _ = write!(
+                    out,
+                    "  #{:<3} {:#018x} {:<20} ",
+                    f.original_index, f.instruction_addr, package
+                );
+                match &f.source {
+                    Some(s) => {
+                        let _ = write!(out, "{}", s.function);
+                        if let Some(path) = &s.abs_path {
+                            let _ = write!(out, " at {}:{}", path, s.lineno);
+                        }
+                        if s.inlined {
+                            let _ = write!(out, " [inlined]");
+                        }
+                        let _ = writeln!(out);
+                    }
+                    None => {
+                        let _ = writeln!(out, "<{}>", f.status.as_str());
+                    }
+                }
+            }
+        }
+        out
+    }
+}

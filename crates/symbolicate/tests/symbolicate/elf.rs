@@ -1,0 +1,241 @@
+//! ELF/DWARF built with `cc -g -O2` and `c++ -g -O2`, checked against llvm-symbolizer.
+
+use std::sync::Arc;
+
+use symbolicate::{CacheConfig, SymCaches, SymbolStore, Symbolicator};
+
+use crate::common::*;
+
+pub const C_SOURCE: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+
+static inline int square(int x) { return x * x; }
+
+static inline int sum_squares(const int *v, int n) {
+    int total = 0;
+    for (int i = 0; i < n; i++)
+        total += square(v[i]);
+    return total;
+}
+
+__attribute__((noinline)) int checksum(const char *s) {
+    unsigned h = 2166136261u;
+    while (*s) {
+        h ^= (unsigned char)*s++;
+        h *= 16777619u;
+    }
+    return (int)(h & 0x7fffffff);
+}
+
+__attribute__((noinline)) int crunch(int *v, int n) {
+    int s = sum_squares(v, n);
+    if (s > 1000)
+        s -= checksum("overflow");
+    return s;
+}
+
+int main(int argc, char **argv) {
+    int v[16];
+    for (int i = 0; i < 16; i++)
+        v[i] = argc + i;
+    printf("%d\n", crunch(v, 16) + checksum(argv[0]));
+    return 0;
+}
+"#;
+
+pub const CPP_SOURCE: &str = r#"
+#include <cstdio>
+
+namespace game {
+namespace physics {
+
+struct Vec2 { double x, y; };
+
+class Body {
+public:
+    Body(double m) : mass_(m), pos_{0, 0}, vel_{1, 2} {}
+    inline void integrate(double dt) {
+        pos_.x += vel_.x * dt;
+        pos_.y += vel_.y * dt;
+    }
+    __attribute__((noinline)) double energy() const { return 0.5 * mass_ * (vel_.x * vel_.x + vel_.y * vel_.y); }
+    __attribute__((noinline)) void step(int n, double dt);
+private:
+    double mass_;
+    Vec2 pos_, vel_;
+};
+
+void Body::step(int n, double dt) {
+    for (int i = 0; i < n; i++) integrate(dt);
+}
+
+template <typename T>
+__attribute__((noinline)) T accumulate(const T *v, int n) {
+    T acc{};
+    for (int i = 0; i < n; i++) acc += v[i];
+    return acc;
+}
+
+} // namespace physics
+} // namespace game
+
+int main(int argc, char **) {
+    game::physics::Body b(argc);
+    b.step(argc * 10, 0.5);
+    double d[4] = {1, 2, 3, double(argc)};
+    int k[3] = {argc, 2, 3};
+    std::printf("%f %f %d\n", b.energy(), game::physics::accumulate(d, 4), game::physics::accumulate(k, 3));
+    return 0;
+}
+"#;
+
+struct Built {
+    _dir: tempfile::TempDir,
+    binary: std::path::PathBuf,
+    symbolicator: Symbolicator,
+    debug_id: symbolicate::DebugId,
+}
+
+fn build(compiler: &str, ext: &str, source: &str) -> Built {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = compile(dir.path(), compiler, "prog", ext, source, &["-g", "-O2"]);
+    let store = SymbolStore::open(dir.path().join("store")).unwrap();
+    let stored = store.add_file(&binary).unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].object.has_debug_info);
+    let debug_id = stored[0].object.debug_id;
+    let caches = SymCaches::new(store, CacheConfig::new(dir.path().join("cache")));
+    Built {
+        _dir: dir,
+        binary,
+        symbolicator: Symbolicator::new(Arc::new(caches)),
+        debug_id,
+    }
+}
+
+/// Every byte address of every function defined in the program's own source.
+fn own_addresses(binary: &std::path::Path, exclude: &[&str]) -> Vec<u64> {
+    let mut addrs = Vec::new();
+    for sym in text_symbols(binary) {
+        if exclude.iter().any(|e| sym.name.contains(e)) || sym.size == 0 {
+            continue;
+        }
+        addrs.extend(sym.addr..sym.addr + sym.size);
+    }
+    addrs
+}
+
+fn normalize(name: &str) -> String {
+    name.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("> >", ">>")
+}
+
+/// Rule: crashgrid answers exactly what llvm-symbolizer answers — function, file and line of
+/// every frame of the inline chain, innermost first.
+fn agree_with_llvm(built: &Built, addrs: &[u64]) -> usize {
+    let expected = llvm_symbolize(&built.binary, addrs);
+    let mut inlined = 0;
+    let mut mismatches = Vec::new();
+    for (addr, want) in addrs.iter().zip(&expected) {
+        let got = built.symbolicator.lookup(&built.debug_id, *addr).unwrap();
+        let got: Vec<LlvmFrame> = got
+            .iter()
+            .map(|f| LlvmFrame {
+                function: normalize(&f.function),
+                file: f.abs_path.as_deref().unwrap_or_default().to_string(),
+                line: f.lineno,
+            })
+            .collect();
+        let want: Vec<LlvmFrame> = want
+            .iter()
+            .filter(|f| f.function != "??")
+            .map(|f| LlvmFrame {
+                function: normalize(&f.function),
+                ..f.clone()
+            })
+            .collect();
+        if want.len() > 1 {
+            inlined += 1;
+        }
+        if got != want {
+            mismatches.push(format!(
+                "{addr:#x}: crashgrid {got:?}\n        llvm {want:?}"
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} addresses disagree, first:\n{}",
+        mismatches.len(),
+        addrs.len(),
+        mismatches
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    inlined
+}
+
+#[test]
+fn c_program_agrees_with_llvm_symbolizer_including_inline_chains() {
+    let built = build("cc", "c", C_SOURCE);
+    let addrs = own_addresses(
+        &built.binary,
+        &[
+            "_start",
+            "deregister_tm",
+            "register_tm",
+            "do_global",
+            "frame_dummy",
+            "__libc_csu",
+        ],
+    );
+    assert!(addrs.len() > 100, "only {} addresses", addrs.len());
+    let inlined = agree_with_llvm(&built, &addrs);
+    assert!(
+        inlined > 10,
+        "the test program must exercise inlining; saw {inlined} inline chains"
+    );
+}
+
+#[test]
+fn cpp_program_agrees_with_llvm_symbolizer_with_demangled_names() {
+    let built = build("c++", "cpp", CPP_SOURCE);
+    let addrs = own_addresses(
+        &built.binary,
+        &[
+            "_start",
+            "deregister_tm",
+            "register_tm",
+            "do_global",
+            "frame_dummy",
+            "__libc_csu",
+        ],
+    );
+    assert!(addrs.len() > 100);
+    let inlined = agree_with_llvm(&built, &addrs);
+    assert!(inlined > 5, "saw {inlined} inline chains");
+    // Demangled C++ names, not mangled ones.
+    let names: Vec<String> = addrs
+        .iter()
+        .flat_map(|a| built.symbolicator.lookup(&built.debug_id, *a).unwrap())
+        .map(|f| f.function.to_string())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n == "game::physics::Body::step(int, double)"),
+        "{names:?}"
+    );
+    let acc: Vec<&String> = names.iter().filter(|n| n.contains("accumulate")).collect();
+    assert!(
+        acc.iter()
+            .any(|n| n.contains("game::physics::accumulate<double>(double const*, int)")),
+        "{acc:?}"
+    );
+}

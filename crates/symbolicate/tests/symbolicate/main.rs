@@ -1,0 +1,8 @@
+//! Integration tests of the `symbolicate` crate: real debug files built here, checked against
+//! `llvm-symbolizer`.
+
+mod common;
+mod elf;
+mod events;
+mod formats;
+mod pipeline;
