@@ -6,7 +6,7 @@
   const $ = (id) => document.getElementById(id);
   const SVG_NS = 'http://www.w3.org/2000/svg';
   const LIVE_URL = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/api/v1/stats/live`;
-  const STALE_AFTER_MS = 5000; // no snapshot for this long: the connection is presumed dead
+  const STALE_AFTER_MS = 5000; // no snapshot for this long (or 3 publish periods): presumed dead
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 10000;
   const BREAKDOWN_ROWS = 8;
@@ -84,12 +84,16 @@
   const fmtClock = (ms) => timeFormat.format(new Date(ms));
   const fmtDateTime = (ms) => dateTimeFormat.format(new Date(ms));
 
+  /** A window length: "5 min", "90 s". */
+  const fmtWindow = (secs) => (secs % 60 === 0 ? `${secs / 60} min` : `${secs} s`);
+
   const basename = (path) => (path ? path.split(/[\\/]/).pop() : '');
 
   // ---------------------------------------------------------------- live connection
 
   let snapshot = null;
   let lastMessageAt = 0;
+  let staleAfterMs = STALE_AFTER_MS;
   const conn = { ws: null, attempt: 0, retryAt: 0, timer: null };
 
   function setConnection(state, detail = '') {
@@ -112,6 +116,7 @@
       return;
     }
     conn.ws = ws;
+    let previousAt = 0; // generated_at_ms of this socket's previous snapshot
     ws.onmessage = (ev) => {
       if (conn.ws !== ws) return;
       let data;
@@ -122,6 +127,10 @@
         return;
       }
       lastMessageAt = Date.now();
+      if (previousAt && data.generated_at_ms > previousAt) {
+        staleAfterMs = Math.max(STALE_AFTER_MS, 3 * (data.generated_at_ms - previousAt));
+      }
+      previousAt = data.generated_at_ms;
       conn.attempt = 0;
       setConnection('live');
       snapshot = data;
@@ -162,7 +171,7 @@
 
   // Once a second: age labels, the retry countdown, and the stale-connection watchdog.
   setInterval(() => {
-    if (conn.ws && conn.ws.readyState === WebSocket.OPEN && lastMessageAt && Date.now() - lastMessageAt > STALE_AFTER_MS) {
+    if (conn.ws && conn.ws.readyState === WebSocket.OPEN && lastMessageAt && Date.now() - lastMessageAt > staleAfterMs) {
       scheduleReconnect();
     }
     if ($('connection').dataset.state !== 'live') updateRetryLabel();
@@ -209,7 +218,8 @@
     setText('rate', fmtInt(last));
     setText('rate-sub', `${fmtRate(avg10)}/s average over 10 s`);
     setText('total', fmtInt(stats.total));
-    setText('total-sub', `${fmtRate(stats.total / stats.window_seconds)}/s average over ${stats.window_seconds / 60} min`);
+    setText('total-sub', `${fmtRate(stats.total / stats.window_seconds)}/s average over ${fmtWindow(stats.window_seconds)}`);
+    for (const el of document.querySelectorAll('[data-window]')) el.textContent = fmtWindow(stats.window_seconds);
     setText('users', fmtInt(stats.distinct_users));
     setText('processed', fmtInt(ingest.processed_total));
     setText('accepted', fmtInt(ingest.accepted_total));
@@ -259,11 +269,13 @@
       nodes.push(svg('line', { class: 'grid', x1: m.l, x2: width - m.r, y1: y(v), y2: y(v) }));
       nodes.push(svg('text', { class: 'axis', x: m.l - 8, y: y(v) + 4, 'text-anchor': 'end', text: fmtInt(v) }));
     }
-    for (let min = stats.window_seconds / 60; min >= 0; min -= 1) {
-      const i = Math.max(0, n - 1 - min * 60);
-      const anchor = min === 0 ? 'end' : i === 0 ? 'start' : 'middle';
+    const tick = stats.window_seconds > 600 ? 300 : stats.window_seconds > 60 ? 60 : 10;
+    for (let ago = 0; ago <= stats.window_seconds; ago += tick) {
+      const i = Math.max(0, n - 1 - ago);
+      const anchor = ago === 0 ? 'end' : i === 0 ? 'start' : 'middle';
+      const label = ago === 0 ? 'now' : tick >= 60 ? `−${ago / 60} min` : `−${ago} s`;
       nodes.push(svg('line', { class: 'tick', x1: x(i), x2: x(i), y1: bottom, y2: bottom + 4 }));
-      nodes.push(svg('text', { class: 'axis', x: x(i), y: height - 6, 'text-anchor': anchor, text: min === 0 ? 'now' : `−${min} min` }));
+      nodes.push(svg('text', { class: 'axis', x: x(i), y: height - 6, 'text-anchor': anchor, text: label }));
     }
 
     let line = '';
@@ -587,7 +599,7 @@
     const frameStats = crashed ? crashed.frames.reduce((acc, f) => { acc[f.status] = (acc[f.status] || 0) + 1; return acc; }, {}) : {};
 
     const facts = h('div', { class: 'facts-grid' },
-      fact('In window · 5 min', '—', { id: 'detail-window-count', 'data-testid': 'detail-window-count' }),
+      fact(`In window · ${fmtWindow(snapshot ? snapshot.stats.window_seconds : 300)}`, '—', { id: 'detail-window-count', 'data-testid': 'detail-window-count' }),
       fact('Since node start', fmtInt(group.count), { 'data-testid': 'detail-count' }),
       fact('First seen', when(group.first_seen_ms), { 'data-testid': 'detail-first-seen' }),
       fact('Last seen', when(group.last_seen_ms), { 'data-testid': 'detail-last-seen' }));

@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// Most crash groups remembered for /api/v1/groups [default: 10000]
     #[arg(long, env = "CRASHGRID_MAX_GROUPS")]
     pub max_groups: Option<usize>,
+    /// Most symbolicated addresses in the in-process near cache (~250 bytes each)
+    /// [default: 200000]
+    #[arg(long, env = "CRASHGRID_FRAME_CACHE_ENTRIES")]
+    pub frame_cache_entries: Option<usize>,
 }
 
 /// Resolved settings of a node.
@@ -84,20 +88,38 @@ fn default_node_id() -> String {
 impl ServeArgs {
     /// Reads a TOML file with the same keys as the flags (snake_case).
     pub fn from_toml_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
     /// Fills every unset field from `file`.
     pub fn or(self, file: ServeArgs) -> Self {
         macro_rules! pick { ($($f:ident),*) => { ServeArgs { $($f: self.$f.or(file.$f)),* } } }
-        pick!(listen, node_id, data_dir, store_dir, cache_dir, queue_capacity, workers, max_body_bytes,
-              max_debug_file_bytes, in_app, sink, negative_ttl_secs, publish_interval_ms, max_groups)
+        pick!(
+            listen,
+            node_id,
+            data_dir,
+            store_dir,
+            cache_dir,
+            queue_capacity,
+            workers,
+            max_body_bytes,
+            max_debug_file_bytes,
+            in_app,
+            sink,
+            negative_ttl_secs,
+            publish_interval_ms,
+            max_groups,
+            frame_cache_entries
+        )
     }
 
     /// Applies defaults and checks the values.
     pub fn resolve(self) -> anyhow::Result<ServeSettings> {
-        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("crashgrid-data"));
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("crashgrid-data"));
         let mut node = NodeConfig::new(self.node_id.unwrap_or_else(default_node_id), &data_dir);
         if let Some(d) = self.store_dir {
             node.store_dir = d;
@@ -112,9 +134,16 @@ impl ServeArgs {
         if let Some(n) = self.workers {
             node.workers = n;
         }
-        node.in_app = self.in_app.unwrap_or_default().into_iter().filter(|p| !p.is_empty()).collect();
+        node.in_app = self
+            .in_app
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect();
         node.sink = match self.sink {
-            Some(s) => s.parse::<SinkConfig>().map_err(|e| anyhow::anyhow!("sink: {e}"))?,
+            Some(s) => s
+                .parse::<SinkConfig>()
+                .map_err(|e| anyhow::anyhow!("sink: {e}"))?,
             None => SinkConfig::Stdout,
         };
         if let Some(s) = self.negative_ttl_secs {
@@ -122,6 +151,9 @@ impl ServeArgs {
         }
         if let Some(n) = self.max_groups {
             node.max_groups = n;
+        }
+        if let Some(n) = self.frame_cache_entries {
+            node.frame_cache_entries = n;
         }
         let mut http = HttpConfig::default();
         if let Some(n) = self.max_body_bytes {
@@ -132,9 +164,14 @@ impl ServeArgs {
             http.max_debug_file_bytes = n;
         }
         let publish_interval = Duration::from_millis(self.publish_interval_ms.unwrap_or(1000));
-        anyhow::ensure!(publish_interval >= Duration::from_millis(50), "publish_interval_ms must be at least 50");
+        anyhow::ensure!(
+            publish_interval >= Duration::from_millis(50),
+            "publish_interval_ms must be at least 50"
+        );
         Ok(ServeSettings {
-            listen: self.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+            listen: self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
             node,
             http,
             publish_interval,
@@ -148,8 +185,12 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
-        let file: ServeArgs = toml::from_str("queue_capacity = 5\nsink = \"none\"\nin_app = [\"libgame*\"]").unwrap();
-        let flags = ServeArgs { queue_capacity: Some(7), ..Default::default() };
+        let file: ServeArgs =
+            toml::from_str("queue_capacity = 5\nsink = \"none\"\nin_app = [\"libgame*\"]").unwrap();
+        let flags = ServeArgs {
+            queue_capacity: Some(7),
+            ..Default::default()
+        };
         let s = flags.or(file).resolve().unwrap();
         assert_eq!(s.node.queue_capacity, 7);
         assert_eq!(s.node.sink, SinkConfig::None);
@@ -161,7 +202,17 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         assert!(toml::from_str::<ServeArgs>("queue_capacty = 5").is_err());
-        assert!(ServeArgs { sink: Some("kafka".into()), ..Default::default() }.resolve().is_err());
-        assert!(ServeArgs { queue_capacity: Some(0), ..Default::default() }.resolve().is_err());
+        assert!(ServeArgs {
+            sink: Some("kafka".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
+        assert!(ServeArgs {
+            queue_capacity: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
     }
 }

@@ -15,10 +15,10 @@
 //!   `.text` range.
 //! * **Debug files** — one Breakpad `.sym` text per module (`MODULE`, `INFO CODE_ID`, `FILE`,
 //!   `INLINE_ORIGIN`, `FUNC` with `INLINE` and line records, `PUBLIC`), rendered on demand by
-//!   [`DemoWorld::debug_files`] so the world itself stays small (~2 MB) while the files total
-//!   ~6 MB. Names mix plain C, demangled C++, Itanium-mangled C++ (`_ZN4game7physics4Body4stepEid`,
-//!   so demangling is exercised), il2cpp-generated and Objective-C names. About a third of the
-//!   C++ functions have inlined calls (one or two levels).
+//!   [`DemoWorld::debug_files`] so the world itself stays small (~3 MB) while the files total
+//!   ~8 MB (the largest ~600 kB). Names mix plain C, demangled C++, Itanium-mangled C++
+//!   (`_ZN4game7physics4Body4stepEid`, so demangling is exercised), il2cpp-generated and
+//!   Objective-C names. Many C++ functions contain inlined calls (one or two levels deep).
 //! * **Crash groups** — [`GROUPS`] distinct stacks of 20–60 frames built like real ones
 //!   (thread entry → runtime/run loop → engine → game code → crash site, e.g. `abort` for
 //!   `SIGABRT`), each with a platform and an exception type. No two groups share their two
@@ -49,6 +49,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use siphasher::sip128::{Hasher128, SipHasher13};
+use stats::{Dimension, Snapshot, OTHER};
 use symbolicate::{AddrMode, App, CrashEvent, DebugId, Exception, Frame, Module, Os, Thread};
 
 /// Number of distinct crash groups in a world.
@@ -129,66 +130,73 @@ impl Platform {
 // Vocabulary
 // ---------------------------------------------------------------------------------------------
 
+#[rustfmt::skip]
 const CLASSES: &[&str] = &[
     "Body", "World", "Solver", "Mesh", "Shader", "Texture", "Agent", "Path", "Socket", "Packet",
     "Mixer", "Widget", "Chunk", "Serializer", "Entity", "Component", "Scene", "Camera", "Light",
     "Material", "Buffer", "Allocator", "Pool", "Queue", "Scheduler", "Job", "Task", "Stream",
     "Reader", "Writer", "Parser", "Cache", "Registry", "Manager", "Controller", "Handler",
-    "Session", "Channel", "Codec", "Voice", "Emitter", "Particle", "Collider", "Rigidbody",
-    "Joint", "Animator", "Skeleton", "Clip", "Font", "Atlas", "Layout", "Canvas", "Sprite",
-    "Tilemap", "Navmesh", "Blackboard", "Behaviour", "Inventory", "Quest", "Achievement",
+    "Session", "Channel", "Codec", "Voice", "Emitter", "Particle", "Collider", "Rigidbody", "Joint",
+    "Animator", "Skeleton", "Clip", "Font", "Atlas", "Layout", "Canvas", "Sprite", "Tilemap",
+    "Navmesh", "Blackboard", "Behaviour", "Inventory", "Quest", "Achievement",
 ];
 
+#[rustfmt::skip]
 const METHODS: &[&str] = &[
     "step", "update", "tick", "apply", "resolve", "load", "parse", "draw", "submit", "flush",
-    "encode", "decode", "init", "shutdown", "reset", "resize", "insert", "remove", "find",
-    "lookup", "process", "dispatch", "schedule", "execute", "run", "poll", "bind", "unbind",
-    "attach", "detach", "serialize", "deserialize", "compute", "integrate", "collide", "raycast",
-    "sweep", "spawn", "destroy", "activate", "deactivate", "evaluate", "sample", "blend", "mix",
-    "read", "write", "open", "close", "connect", "send", "receive", "acquire", "release",
-    "allocate", "deallocate", "grow", "compact", "validate", "commit", "rollback",
+    "encode", "decode", "init", "shutdown", "reset", "resize", "insert", "remove", "find", "lookup",
+    "process", "dispatch", "schedule", "execute", "run", "poll", "bind", "unbind", "attach",
+    "detach", "serialize", "deserialize", "compute", "integrate", "collide", "raycast", "sweep",
+    "spawn", "destroy", "activate", "deactivate", "evaluate", "sample", "blend", "mix", "read",
+    "write", "open", "close", "connect", "send", "receive", "acquire", "release", "allocate",
+    "deallocate", "grow", "compact", "validate", "commit", "rollback",
 ];
 
+#[rustfmt::skip]
 const WORDS: &[&str] = &[
     "read", "write", "open", "close", "alloc", "free", "lock", "unlock", "init", "fini", "parse",
     "flush", "map", "unmap", "hash", "find", "insert", "remove", "resize", "copy", "compare",
-    "signal", "wait", "wake", "poll", "dispatch", "encode", "decode", "update", "reset",
-    "buffer", "queue", "table", "entry", "node", "page", "cache", "block", "stream", "context",
-    "state", "config", "handle", "event", "thread", "timer", "socket", "file", "string", "array",
-    "list", "object", "value", "header", "frame", "chunk", "create", "destroy", "get", "set",
+    "signal", "wait", "wake", "poll", "dispatch", "encode", "decode", "update", "reset", "buffer",
+    "queue", "table", "entry", "node", "page", "cache", "block", "stream", "context", "state",
+    "config", "handle", "event", "thread", "timer", "socket", "file", "string", "array", "list",
+    "object", "value", "header", "frame", "chunk", "create", "destroy", "get", "set",
 ];
 
+#[rustfmt::skip]
 const OBJC_CLASSES: &[&str] = &[
     "UIView", "UIViewController", "UIWindow", "UIApplication", "UIScrollView", "UITableView",
-    "UICollectionView", "UILabel", "UIImageView", "NSObject", "NSString", "NSArray",
-    "NSDictionary", "NSRunLoop", "NSThread", "NSOperationQueue", "NSNotificationCenter",
-    "NSURLSession", "NSData", "NSFileManager", "CALayer", "CADisplayLink", "MTLDevice",
-    "_UIViewControllerTransition", "UIGestureRecognizer", "_UISceneLifecycleMultiplexer",
+    "UICollectionView", "UILabel", "UIImageView", "NSObject", "NSString", "NSArray", "NSDictionary",
+    "NSRunLoop", "NSThread", "NSOperationQueue", "NSNotificationCenter", "NSURLSession", "NSData",
+    "NSFileManager", "CALayer", "CADisplayLink", "MTLDevice", "_UIViewControllerTransition",
+    "UIGestureRecognizer", "_UISceneLifecycleMultiplexer",
 ];
 
+#[rustfmt::skip]
 const OBJC_SELECTORS: &[&str] = &[
     "layoutSubviews", "layoutIfNeeded", "setNeedsDisplay", "drawRect:", "viewDidLoad",
     "viewWillAppear:", "viewDidAppear:", "dealloc", "init", "initWithFrame:", "initWithCoder:",
     "setValue:forKey:", "valueForKey:", "performSelector:withObject:", "addObserver:selector:",
     "postNotificationName:object:", "runUntilDate:", "main", "start", "cancel", "sendEvent:",
     "_updateVisibleCells", "_layoutSubviews", "_run", "_sendTouchesForEvent:",
-    "dataTaskWithRequest:completionHandler:", "objectForKey:", "setObject:forKey:",
-    "addSubview:", "removeFromSuperview", "touchesBegan:withEvent:", "displayLinkFired:",
+    "dataTaskWithRequest:completionHandler:", "objectForKey:", "setObject:forKey:", "addSubview:",
+    "removeFromSuperview", "touchesBegan:withEvent:", "displayLinkFired:",
 ];
 
+#[rustfmt::skip]
 const IL2CPP_CLASSES: &[&str] = &[
     "PlayerController", "EnemySpawner", "InventoryManager", "QuestLog", "SaveSystem",
     "NetworkManager", "MatchmakingClient", "ShopController", "AdsManager", "AudioManager",
-    "CameraFollow", "LevelLoader", "UIManager", "HealthBar", "WeaponController",
-    "ProjectileMover", "AchievementTracker", "LeaderboardClient", "AnalyticsService",
-    "List_1", "Dictionary_2", "String", "Array", "Enumerable", "Task_1", "JsonConvert",
+    "CameraFollow", "LevelLoader", "UIManager", "HealthBar", "WeaponController", "ProjectileMover",
+    "AchievementTracker", "LeaderboardClient", "AnalyticsService", "List_1", "Dictionary_2",
+    "String", "Array", "Enumerable", "Task_1", "JsonConvert",
 ];
 
+#[rustfmt::skip]
 const IL2CPP_METHODS: &[&str] = &[
-    "Update", "FixedUpdate", "LateUpdate", "Awake", "Start", "OnEnable", "OnDisable",
-    "OnDestroy", "OnTriggerEnter", "OnCollisionEnter", "Add", "Remove", "get_Item", "set_Item",
-    "TryGetValue", "Serialize", "Deserialize", "MoveNext", "Invoke", "Load", "Save", "Spawn",
-    "Fire", "TakeDamage", "Heal", "Purchase", "Refresh", "Show", "Hide", "Connect", "Send",
+    "Update", "FixedUpdate", "LateUpdate", "Awake", "Start", "OnEnable", "OnDisable", "OnDestroy",
+    "OnTriggerEnter", "OnCollisionEnter", "Add", "Remove", "get_Item", "set_Item", "TryGetValue",
+    "Serialize", "Deserialize", "MoveNext", "Invoke", "Load", "Save", "Spawn", "Fire", "TakeDamage",
+    "Heal", "Purchase", "Refresh", "Show", "Hide", "Connect", "Send",
 ];
 
 /// Builtin parameter types: Itanium code and printed form.
@@ -255,11 +263,26 @@ const A: Platform = Platform::Android;
 const I: Platform = Platform::Ios;
 
 const GAME_NS: &[&str] = &[
-    "game", "game::physics", "game::render", "game::ai", "game::net", "game::audio", "game::ui",
-    "game::world", "game::save", "game::detail",
+    "game",
+    "game::physics",
+    "game::render",
+    "game::ai",
+    "game::net",
+    "game::audio",
+    "game::ui",
+    "game::world",
+    "game::save",
+    "game::detail",
 ];
 const UNITY_NS: &[&str] = &[
-    "", "Unity", "Scripting", "Rendering", "Physics2D", "AssetBundle", "GfxDevice", "Profiling",
+    "",
+    "Unity",
+    "Scripting",
+    "Rendering",
+    "Physics2D",
+    "AssetBundle",
+    "GfxDevice",
+    "Profiling",
 ];
 const UNITY_FIXED: &[&str] = &[
     "PlayerLoop()",
@@ -863,11 +886,19 @@ const SPECS: &[Spec] = &[
 /// Exception types per platform: (type, share, value template; `{addr}` is replaced by a
 /// fault address).
 const ANDROID_EXCEPTIONS: &[(&str, f64, &str)] = &[
-    ("SIGSEGV", 0.50, "Segmentation violation (invalid memory reference) / SEGV_MAPERR at {addr}"),
+    (
+        "SIGSEGV",
+        0.50,
+        "Segmentation violation (invalid memory reference) / SEGV_MAPERR at {addr}",
+    ),
     ("SIGABRT", 0.30, "Abort"),
     ("SIGBUS", 0.08, "Bus error / BUS_ADRALN at {addr}"),
     ("SIGILL", 0.06, "Illegal instruction / ILL_ILLOPC at {addr}"),
-    ("SIGFPE", 0.06, "Floating point exception / FPE_INTDIV at {addr}"),
+    (
+        "SIGFPE",
+        0.06,
+        "Floating point exception / FPE_INTDIV at {addr}",
+    ),
 ];
 const IOS_EXCEPTIONS: &[(&str, f64, &str)] = &[
     ("EXC_BAD_ACCESS", 0.50, "KERN_INVALID_ADDRESS at {addr}"),
@@ -1051,7 +1082,9 @@ fn cpp_name<R: Rng + ?Sized>(rng: &mut R, namespace: &str, mangled: bool, suffix
 }
 
 fn c_name<R: Rng + ?Sized>(rng: &mut R, prefix: &str, suffix: usize) -> String {
-    let words: Vec<&str> = (0..rng.gen_range(1..=3)).map(|_| pick(rng, WORDS)).collect();
+    let words: Vec<&str> = (0..rng.gen_range(1..=3))
+        .map(|_| pick(rng, WORDS))
+        .collect();
     let mut name = if prefix.is_empty() || prefix.ends_with('_') {
         format!("{prefix}{}", words.join("_"))
     } else {
@@ -1198,7 +1231,9 @@ impl DemoModule {
         }
 
         // Functions: fixed names first, then generated ones, all distinct.
-        let n_funcs = rng.gen_range(spec.funcs.0..=spec.funcs.1).max(spec.fixed.len());
+        let n_funcs = rng
+            .gen_range(spec.funcs.0..=spec.funcs.1)
+            .max(spec.fixed.len());
         let mut names: HashSet<String> = HashSet::with_capacity(n_funcs);
         let mut funcs = Vec::with_capacity(n_funcs);
         let mut cursor = 0x1_0000 + rng.gen_range(0..16u64) * 0x1000;
@@ -1211,7 +1246,10 @@ impl DemoModule {
                 loop {
                     let suffix = attempt.saturating_sub(4);
                     let name = match spec.style {
-                        Style::Cpp { namespaces, mangled } => {
+                        Style::Cpp {
+                            namespaces,
+                            mangled,
+                        } => {
                             let ns = pick(&mut rng, namespaces);
                             let mangled = rng.gen_bool(mangled);
                             cpp_name(&mut rng, ns, mangled, suffix)
@@ -1333,6 +1371,7 @@ impl DemoModule {
     }
 
     /// The inline nesting (outermost first) in effect at module-relative `addr` of `func`.
+    #[cfg(test)]
     fn inline_chain(&self, func: usize, addr: u64) -> Vec<&Inline> {
         self.funcs[func]
             .inlines
@@ -1352,7 +1391,12 @@ impl DemoModule {
             self.debug_id.breakpad(),
             self.name
         );
-        let _ = writeln!(out, "INFO CODE_ID {} {}", self.code_id.to_ascii_uppercase(), self.name);
+        let _ = writeln!(
+            out,
+            "INFO CODE_ID {} {}",
+            self.code_id.to_ascii_uppercase(),
+            self.name
+        );
         for (i, f) in self.files.iter().enumerate() {
             let _ = writeln!(out, "FILE {i} {f}");
         }
@@ -1389,7 +1433,11 @@ impl DemoModule {
                 .collect();
             let mut pos = f.addr;
             while pos < f.addr + f.size {
-                let next = bounds.iter().copied().find(|&b| b > pos).expect("end bound");
+                let next = bounds
+                    .iter()
+                    .copied()
+                    .find(|&b| b > pos)
+                    .expect("end bound");
                 let end = (pos + rng.gen_range(1..=12u64) * 4).min(next);
                 // Innermost context: the deepest inlinee containing `pos` (0 = the function).
                 let ctx = f
@@ -1399,7 +1447,11 @@ impl DemoModule {
                     .filter(|(_, i)| i.addr <= pos && pos < i.addr + i.size)
                     .max_by_key(|(_, i)| i.depth)
                     .map_or(0, |(k, _)| k + 1);
-                let file = if ctx == 0 { f.file } else { f.inlines[ctx - 1].file };
+                let file = if ctx == 0 {
+                    f.file
+                } else {
+                    f.inlines[ctx - 1].file
+                };
                 let _ = writeln!(out, "{:x} {:x} {} {}", pos, end - pos, lines[ctx], file);
                 lines[ctx] += rng.gen_range(0..=2);
                 pos = end;
@@ -1493,12 +1545,13 @@ impl DemoWorld {
             user_cdf: [Cdf(vec![1.0]), Cdf(vec![1.0])],
             version_cdf: (0..VERSIONS.len())
                 .map(|min| {
-                    Cdf::from_weights(
-                        VERSIONS
-                            .iter()
-                            .enumerate()
-                            .map(|(i, v)| if i >= min { v.2 } else { 0.0 }),
-                    )
+                    Cdf::from_weights(VERSIONS.iter().enumerate().map(|(i, v)| {
+                        if i >= min {
+                            v.2
+                        } else {
+                            0.0
+                        }
+                    }))
                 })
                 .collect(),
             device_cdf: [
@@ -1514,7 +1567,11 @@ impl DemoWorld {
         let mut rng = StdRng::seed_from_u64(hash64(seed, &["groups"]));
         let mut seen = HashSet::new();
         while world.groups.len() < GROUPS {
-            let platform = if rng.gen_bool(0.65) { Platform::Android } else { Platform::Ios };
+            let platform = if rng.gen_bool(0.65) {
+                Platform::Android
+            } else {
+                Platform::Ios
+            };
             let group = world.make_group(&mut rng, platform);
             let key: Vec<(usize, usize)> = group
                 .frames
@@ -1797,11 +1854,19 @@ impl DemoWorld {
                 outer.push(self.named(rng, "libil2cpp.so", IL2CPP_FIXED[0]));
             }
             (Platform::Android, false) => {
-                thread_name = if rng.gen_bool(0.5) { "Job.Worker 3" } else { "RenderThread" };
+                thread_name = if rng.gen_bool(0.5) {
+                    "Job.Worker 3"
+                } else {
+                    "RenderThread"
+                };
                 outer.push(self.named(rng, "libc.so", "__start_thread"));
                 outer.push(self.named(rng, "libc.so", "_ZL15__pthread_startPv"));
                 if thread_name == "RenderThread" {
-                    outer.push(self.named(rng, "libutils.so", "android::Thread::_threadLoop(void*)"));
+                    outer.push(self.named(
+                        rng,
+                        "libutils.so",
+                        "android::Thread::_threadLoop(void*)",
+                    ));
                     for _ in 0..rng.gen_range(2..6) {
                         outer.push(self.random(rng, platform, Role::Runtime, None));
                     }
@@ -1865,7 +1930,9 @@ impl DemoWorld {
                 site.push(self.named(rng, "libc.so", "tgkill"));
             }
             (Platform::Android, "SIGSEGV") if rng.gen_bool(0.4) => {
-                let f = *["memcpy", "strlen", "je_free", "memmove"].choose(rng).expect("non-empty");
+                let f = *["memcpy", "strlen", "je_free", "memmove"]
+                    .choose(rng)
+                    .expect("non-empty");
                 site.push(self.named(rng, "libc.so", f));
             }
             (Platform::Ios, "EXC_CRASH") => {
@@ -1917,7 +1984,11 @@ impl DemoWorld {
         let size = self.modules[top.module].funcs[top.func].size;
         top.offset = rng.gen_range(0..size / 4) * 4;
 
-        let min_version = if rng.gen_bool(0.6) { 0 } else { rng.gen_range(1..VERSIONS.len()) };
+        let min_version = if rng.gen_bool(0.6) {
+            0
+        } else {
+            rng.gen_range(1..VERSIONS.len())
+        };
         CrashGroup {
             platform,
             exception_type,
@@ -2006,6 +2077,83 @@ impl Truth {
     pub fn distinct_users(&self) -> usize {
         self.users.len()
     }
+
+    /// The tally for one of the stats dimensions.
+    pub fn dimension(&self, dim: Dimension) -> &BTreeMap<String, u64> {
+        match dim {
+            Dimension::AppVersion => &self.app_version,
+            Dimension::Platform => &self.platform,
+            Dimension::OsVersion => &self.os_version,
+            Dimension::DeviceModel => &self.device_model,
+            Dimension::ExceptionType => &self.exception_type,
+        }
+    }
+
+    /// How a server's snapshot differs from this tally, one line per difference; empty when
+    /// they agree. Meant for a snapshot whose window holds exactly the tallied events.
+    ///
+    /// The total and every breakdown must match exactly: each listed value its count, and an
+    /// [`OTHER`](stats::OTHER) entry the sum of the values it stands for (a list without one
+    /// must name every value). Distinct users are a HyperLogLog estimate, so they must only lie
+    /// within `user_tolerance` (relative, e.g. `0.05` ≈ three standard errors at `p = 12`)
+    /// or one user of the exact count.
+    pub fn mismatches(&self, snapshot: &Snapshot, user_tolerance: f64) -> Vec<String> {
+        let mut out = Vec::new();
+        if snapshot.total != self.total {
+            out.push(format!(
+                "total: server {}, sent {}",
+                snapshot.total, self.total
+            ));
+        }
+        for dim in Dimension::ALL {
+            let truth = self.dimension(dim);
+            let listed = snapshot.breakdowns.get(dim);
+            let mut other = None;
+            let mut named = BTreeSet::new();
+            for entry in listed {
+                if entry.value == OTHER {
+                    other = Some(entry.count);
+                    continue;
+                }
+                named.insert(entry.value.as_str());
+                let sent = truth.get(&entry.value).copied().unwrap_or(0);
+                if entry.count != sent {
+                    out.push(format!(
+                        "{dim}[{}]: server {}, sent {sent}",
+                        entry.value, entry.count
+                    ));
+                }
+            }
+            let rest: u64 = truth
+                .iter()
+                .filter(|(k, _)| !named.contains(k.as_str()))
+                .map(|(_, v)| v)
+                .sum();
+            match other {
+                Some(n) if n != rest => {
+                    out.push(format!("{dim}[{OTHER}]: server {n}, sent {rest}"));
+                }
+                None if rest > 0 => {
+                    let missing: Vec<&str> = truth
+                        .keys()
+                        .map(String::as_str)
+                        .filter(|k| !named.contains(k))
+                        .collect();
+                    out.push(format!("{dim}: server lacks {missing:?} ({rest} events)"));
+                }
+                _ => {}
+            }
+        }
+        let exact = self.users.len() as f64;
+        let estimate = snapshot.distinct_users as f64;
+        if (estimate - exact).abs() > (exact * user_tolerance).max(1.0) {
+            out.push(format!(
+                "distinct users: server {estimate}, sent {exact} (tolerance {:.1} %)",
+                user_tolerance * 100.0
+            ));
+        }
+        out
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2046,19 +2194,45 @@ mod tests {
     #[test]
     fn world_has_the_promised_shape() {
         let w = world();
-        assert!((40..=45).contains(&w.modules().len()), "{}", w.modules().len());
+        assert!(
+            (40..=45).contains(&w.modules().len()),
+            "{}",
+            w.modules().len()
+        );
         assert_eq!(w.groups().len(), GROUPS);
         for m in w.modules() {
-            assert!(m.function_count() >= 10, "{} has {} functions", m.name, m.function_count());
+            assert!(
+                m.function_count() >= 10,
+                "{} has {} functions",
+                m.name,
+                m.function_count()
+            );
         }
-        let big = w.modules().iter().filter(|m| m.function_count() >= 200).count();
-        assert!(big >= 25, "most modules have a few hundred functions ({big})");
-        assert!(w.modules().iter().any(|m| m.in_app && m.platform == Platform::Android));
-        assert!(w.modules().iter().any(|m| m.in_app && m.platform == Platform::Ios));
+        let big = w
+            .modules()
+            .iter()
+            .filter(|m| m.function_count() >= 200)
+            .count();
+        assert!(
+            big >= 25,
+            "most modules have a few hundred functions ({big})"
+        );
+        assert!(w
+            .modules()
+            .iter()
+            .any(|m| m.in_app && m.platform == Platform::Android));
+        assert!(w
+            .modules()
+            .iter()
+            .any(|m| m.in_app && m.platform == Platform::Ios));
         let ids: HashSet<DebugId> = w.modules().iter().map(|m| m.debug_id).collect();
         assert_eq!(ids.len(), w.modules().len(), "debug ids are distinct");
         for g in w.groups() {
-            assert!((MIN_FRAMES..=MAX_FRAMES).contains(&g.frame_count()), "{}", g.frame_count());
+            assert!(
+                (MIN_FRAMES..=MAX_FRAMES).contains(&g.frame_count()),
+                "{}",
+                g.frame_count()
+            );
             for f in &g.frames {
                 let m = &w.modules[f.module];
                 assert_eq!(m.platform, g.platform);
@@ -2111,7 +2285,10 @@ mod tests {
         assert!(top > 20 * median, "top {top} vs median {median}");
         assert!(top < 4000, "no single group takes everything ({top})");
         let distinct = counts.iter().filter(|&&c| c > 0).count();
-        assert!(distinct > GROUPS / 2, "the tail shows up too ({distinct} groups seen)");
+        assert!(
+            distinct > GROUPS / 2,
+            "the tail shows up too ({distinct} groups seen)"
+        );
     }
 
     #[test]
@@ -2133,7 +2310,11 @@ mod tests {
             }
         }
         for (u, (_, profiles)) in &per_user {
-            assert_eq!(profiles.len(), 1, "user {u} always has the same device: {profiles:?}");
+            assert_eq!(
+                profiles.len(),
+                1,
+                "user {u} always has the same device: {profiles:?}"
+            );
         }
         let max = per_user.values().map(|v| v.0).max().unwrap();
         assert!(max >= 10, "some users crash often ({max})");
@@ -2188,8 +2369,14 @@ mod tests {
         }
         let android = events.iter().filter(|e| e.platform == "android").count() as u64;
         assert_eq!(truth.platform.get("android").copied().unwrap_or(0), android);
-        let sigsegv = events.iter().filter(|e| e.exception.ty == "SIGSEGV").count() as u64;
-        assert_eq!(truth.exception_type.get("SIGSEGV").copied().unwrap_or(0), sigsegv);
+        let sigsegv = events
+            .iter()
+            .filter(|e| e.exception.ty == "SIGSEGV")
+            .count() as u64;
+        assert_eq!(
+            truth.exception_type.get("SIGSEGV").copied().unwrap_or(0),
+            sigsegv
+        );
         let users: BTreeSet<&String> = events.iter().filter_map(|e| e.user_id.as_ref()).collect();
         assert_eq!(truth.distinct_users(), users.len());
         assert!(users.len() < 1000, "users repeat");
@@ -2198,10 +2385,75 @@ mod tests {
         // Merging two halves gives the whole.
         let (mut a, mut b) = (Truth::default(), Truth::default());
         for (i, e) in events.iter().enumerate() {
-            if i % 3 == 0 { a.add(e) } else { b.add(e) }
+            if i % 3 == 0 {
+                a.add(e)
+            } else {
+                b.add(e)
+            }
         }
         a.merge(&b);
         assert_eq!(a, truth);
+    }
+
+    #[test]
+    fn truth_compares_with_a_stats_snapshot() {
+        let w = world();
+        let mut rng = StdRng::seed_from_u64(17);
+        let now = 1_700_000_000u64;
+        let config = stats::WindowConfig {
+            breakdown_limit: 8,
+            ..stats::WindowConfig::default()
+        };
+        let mut window = stats::Window::new(config, now).unwrap();
+        let mut truth = Truth::default();
+        for i in 0..3000u64 {
+            let e = w.event(&mut rng);
+            truth.add(&e);
+            window
+                .add(&stats::CrashRecord {
+                    second: now - i % 200,
+                    app_version: &e.app.version,
+                    platform: &e.platform,
+                    os_version: &e.os.version,
+                    device_model: e.device_model.as_deref().unwrap_or("unknown"),
+                    exception_type: &e.exception.ty,
+                    group_id: "g",
+                    group_title: "t",
+                    user_id: e.user_id.as_deref(),
+                    symbolication_us: 10,
+                })
+                .unwrap();
+        }
+        let snapshot = window.snapshot(now);
+        assert!(
+            snapshot
+                .breakdowns
+                .device_model
+                .iter()
+                .any(|v| v.value == OTHER),
+            "the long tail is folded into (other), and still checked"
+        );
+        assert_eq!(truth.mismatches(&snapshot, 0.05), Vec::<String>::new());
+
+        // Any difference is reported.
+        let mut more = truth.clone();
+        let mut extra = w.event(&mut rng);
+        extra.exception.ty = "SIGSYS".into();
+        more.add(&extra);
+        let diff = more.mismatches(&snapshot, 0.05);
+        assert!(diff.iter().any(|d| d.starts_with("total")), "{diff:?}");
+        assert!(
+            diff.iter().any(|d| d.starts_with("exception_type")),
+            "{diff:?}"
+        );
+        let mut fewer_users = truth.clone();
+        let keep: BTreeSet<String> = fewer_users.users.iter().take(100).cloned().collect();
+        fewer_users.users = keep;
+        let diff = fewer_users.mismatches(&snapshot, 0.05);
+        assert!(
+            diff.iter().any(|d| d.starts_with("distinct users")),
+            "{diff:?}"
+        );
     }
 
     #[test]
@@ -2216,7 +2468,11 @@ mod tests {
             assert_eq!(infos[0].debug_id, m.debug_id, "{name}");
             assert_eq!(infos[0].format, "breakpad");
             assert_eq!(infos[0].arch, "arm64");
-            assert_eq!(infos[0].code_id.as_deref(), Some(m.code_id.as_str()), "{name}");
+            assert_eq!(
+                infos[0].code_id.as_deref(),
+                Some(m.code_id.as_str()),
+                "{name}"
+            );
             assert!(infos[0].has_debug_info, "{name}");
             let text = String::from_utf8(data).unwrap();
             assert!(text.lines().filter(|l| l.starts_with("FUNC ")).count() >= 9);
@@ -2224,7 +2480,11 @@ mod tests {
         assert!(total > 2_000_000, "realistic sizes ({total} bytes)");
         let libgame = w.modules().iter().find(|m| m.name == "libgame.so").unwrap();
         let text = libgame.breakpad(w.seed());
-        assert!(text.contains("\nFUNC ") && text.contains("\nINLINE ") && text.contains("\nINLINE_ORIGIN "));
+        assert!(
+            text.contains("\nFUNC ")
+                && text.contains("\nINLINE ")
+                && text.contains("\nINLINE_ORIGIN ")
+        );
         assert!(text.contains(" 0 _ZN4game"), "mangled C++ names");
         let libc = w.modules().iter().find(|m| m.name == "libc.so").unwrap();
         assert!(libc.breakpad(w.seed()).contains("\nPUBLIC "));
@@ -2238,7 +2498,10 @@ mod tests {
         for (name, data) in w.debug_files() {
             store.add_bytes(&name, &data).unwrap();
         }
-        let caches = Arc::new(SymCaches::new(store, CacheConfig::new(scratch.0.join("cache"))));
+        let caches = Arc::new(SymCaches::new(
+            store,
+            CacheConfig::new(scratch.0.join("cache")),
+        ));
         let symbolicator = Symbolicator::new(caches);
 
         let mut rng = StdRng::seed_from_u64(21);
@@ -2255,14 +2518,28 @@ mod tests {
                 let produced: Vec<_> = frames.iter().filter(|f| f.original_index == k).collect();
                 assert!(!produced.is_empty());
                 for p in &produced {
-                    assert_eq!(p.status, FrameStatus::Symbolicated, "{} frame {k}: {p:?}", m.name);
+                    assert_eq!(
+                        p.status,
+                        FrameStatus::Symbolicated,
+                        "{} frame {k}: {p:?}",
+                        m.name
+                    );
                 }
                 // The outermost output frame is the function itself.
                 let outer = produced.last().unwrap();
                 let source = outer.source.as_ref().unwrap();
-                assert_eq!(&*source.raw_function, func.name.as_str(), "{} frame {k}", m.name);
+                assert_eq!(
+                    &*source.raw_function,
+                    func.name.as_str(),
+                    "{} frame {k}",
+                    m.name
+                );
                 assert!(!source.inlined);
-                assert_eq!(outer.lookup_addr, Some(func.addr + fr.offset), "caller adjustment");
+                assert_eq!(
+                    outer.lookup_addr,
+                    Some(func.addr + fr.offset),
+                    "caller adjustment"
+                );
                 if func.name.starts_with("_Z") {
                     assert_ne!(source.function, source.raw_function, "demangled");
                     assert!(!source.function.starts_with("_Z"));
@@ -2273,7 +2550,10 @@ mod tests {
                     public += 1;
                 } else {
                     assert!(source.lineno > 0, "line info for {}", func.name);
-                    assert_eq!(source.abs_path.as_deref(), Some(m.files[func.file as usize].as_str()));
+                    assert_eq!(
+                        source.abs_path.as_deref(),
+                        Some(m.files[func.file as usize].as_str())
+                    );
                 }
                 // Inlined frames: one per inline level at the looked-up address.
                 let chain = m.inline_chain(fr.func, func.addr + fr.offset);
@@ -2290,6 +2570,9 @@ mod tests {
         assert!(frames_checked > 1000, "{frames_checked}");
         assert!(inlined > 10, "inlined frames are exercised ({inlined})");
         assert!(demangled > 10, "demangling is exercised ({demangled})");
-        let _ = public;
+        eprintln!(
+            "checked {frames_checked} frames: {inlined} inlined, {demangled} demangled, \
+             {public} PUBLIC-only"
+        );
     }
 }

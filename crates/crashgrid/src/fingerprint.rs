@@ -102,13 +102,20 @@ pub fn fingerprint(crash: &SymbolicatedCrash, in_app: &InApp) -> Group {
         .iter()
         .find(|t| t.crashed)
         .or_else(|| crash.threads.first());
-    let frames: Vec<&SymbolicatedFrame> = thread.map(|t| t.frames.iter().collect()).unwrap_or_default();
+    let frames: Vec<&SymbolicatedFrame> = thread
+        .map(|t| t.frames.iter().collect())
+        .unwrap_or_default();
     let is_in_app = |f: &&SymbolicatedFrame| {
         f.module_index
             .and_then(|i| crash.modules.get(i))
             .is_some_and(|m| in_app.matches(m.module.code_file.as_deref()))
     };
-    let mut chosen: Vec<&SymbolicatedFrame> = frames.iter().copied().filter(is_in_app).take(FRAMES).collect();
+    let mut chosen: Vec<&SymbolicatedFrame> = frames
+        .iter()
+        .copied()
+        .filter(is_in_app)
+        .take(FRAMES)
+        .collect();
     if chosen.is_empty() {
         chosen = frames.iter().copied().take(FRAMES).collect();
     }
@@ -123,9 +130,16 @@ pub fn fingerprint(crash: &SymbolicatedCrash, in_app: &InApp) -> Group {
     let title = format!(
         "{}: {}",
         crash.event.exception.ty,
-        signature.first().map(String::as_str).unwrap_or("<no frames>")
+        signature
+            .first()
+            .map(String::as_str)
+            .unwrap_or("<no frames>")
     );
-    Group { id, title, signature }
+    Group {
+        id,
+        title,
+        signature,
+    }
 }
 
 #[cfg(test)]

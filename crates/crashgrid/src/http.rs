@@ -46,7 +46,10 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 4 << 20, max_debug_file_bytes: 512 << 20 }
+        Self {
+            max_body_bytes: 4 << 20,
+            max_debug_file_bytes: 512 << 20,
+        }
     }
 }
 
@@ -69,7 +72,13 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None, retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
     }
 }
 
@@ -81,7 +90,9 @@ impl IntoResponse for ApiError {
         }
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
         if let Some(secs) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, secs.into());
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
         }
         response
     }
@@ -89,7 +100,11 @@ impl IntoResponse for ApiError {
 
 /// Builds the router for `node`. `ready` drives `/readyz`.
 pub fn router(node: Node, config: HttpConfig, ready: Arc<AtomicBool>) -> Router {
-    let state = AppState { node, config: Arc::new(config), ready };
+    let state = AppState {
+        node,
+        config: Arc::new(config),
+        ready,
+    };
     Router::new()
         .route("/", get(dashboard_index))
         .route("/app.js", get(dashboard_js))
@@ -108,8 +123,14 @@ pub fn router(node: Node, config: HttpConfig, ready: Arc<AtomicBool>) -> Router 
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then finishes open requests.
-pub async fn run(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+pub async fn run(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -121,11 +142,17 @@ async fn dashboard_index() -> Html<&'static str> {
 }
 
 async fn dashboard_js() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], APP_JS)
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        APP_JS,
+    )
 }
 
 async fn dashboard_css() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE_CSS)
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        STYLE_CSS,
+    )
 }
 
 /// Reads a body up to `limit` bytes, answering 413 beyond.
@@ -138,7 +165,11 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             "too_large",
             format!("request body exceeds the limit of {limit} bytes"),
         )),
-        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("cannot read the request body: {e}"))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("cannot read the request body: {e}"),
+        )),
     }
 }
 
@@ -152,7 +183,11 @@ fn decode(headers: &HeaderMap, raw: Bytes, limit: usize) -> Result<Bytes, ApiErr
             let mut out = Vec::new();
             let mut reader = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
             reader.read_to_end(&mut out).map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_encoding", format!("the gzip body cannot be decompressed: {e}"))
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_encoding",
+                    format!("the gzip body cannot be decompressed: {e}"),
+                )
             })?;
             if out.len() > limit {
                 return Err(ApiError::new(
@@ -172,15 +207,26 @@ fn decode(headers: &HeaderMap, raw: Bytes, limit: usize) -> Result<Bytes, ApiErr
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if mime == "application/json" {
         Ok(())
     } else {
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            format!("expected Content-Type application/json, found {:?}", if ct.is_empty() { "(none)" } else { ct }),
+            format!(
+                "expected Content-Type application/json, found {:?}",
+                if ct.is_empty() { "(none)" } else { ct }
+            ),
         ))
     }
 }
@@ -188,7 +234,11 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 fn parse_events(body: &[u8]) -> Result<Vec<CrashEvent>, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| ApiError {
         field: Some("$".into()),
-        ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
+        ..ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
     })?;
     let invalid = |e: symbolicate::EventError| ApiError {
         field: Some(e.field.clone()),
@@ -199,7 +249,11 @@ fn parse_events(body: &[u8]) -> Result<Vec<CrashEvent>, ApiError> {
             if items.is_empty() {
                 return Err(ApiError {
                     field: Some("$".into()),
-                    ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", "the batch is empty")
+                    ..ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_event",
+                        "the batch is empty",
+                    )
                 });
             }
             items
@@ -212,7 +266,11 @@ fn parse_events(body: &[u8]) -> Result<Vec<CrashEvent>, ApiError> {
     }
 }
 
-async fn post_crashes(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn post_crashes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let metrics = state.node.metrics();
     let result = async {
         require_json(&headers)?;
@@ -222,7 +280,9 @@ async fn post_crashes(State(state): State<AppState>, headers: HeaderMap, body: B
         // Parsing and validation are CPU work proportional to the body: off the I/O threads.
         tokio::task::spawn_blocking(move || parse_events(&body))
             .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?
     }
     .await;
     let events = match result {
@@ -237,12 +297,21 @@ async fn post_crashes(State(state): State<AppState>, headers: HeaderMap, body: B
         Ok(n) => Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": n }))).into_response()),
         Err(overloaded) => Err(ApiError {
             retry_after: Some(overloaded.retry_after.as_secs().max(1)),
-            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", "the ingest queue is full; retry later")
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "the ingest queue is full; retry later",
+            )
         }),
     }
 }
 
-async fn put_debug_file(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>, body: Body) -> Result<Response, ApiError> {
+async fn put_debug_file(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let limit = state.config.max_debug_file_bytes;
     let raw = read_limited(body, limit).await?;
     let data = decode(&headers, raw, limit)?;
@@ -264,9 +333,17 @@ async fn put_debug_file(State(state): State<AppState>, headers: HeaderMap, Path(
         }
         Err(e @ (StoreError::Refused { .. } | StoreError::InvalidName(_))) => {
             state.node.metrics().debug_files_refused.inc();
-            Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_debug_file", e.to_string()))
+            Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_debug_file",
+                e.to_string(),
+            ))
         }
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", e.to_string())),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_failed",
+            e.to_string(),
+        )),
     }
 }
 
@@ -282,24 +359,43 @@ async fn get_cluster(State(state): State<AppState>) -> Json<Value> {
     Json(serde_json::to_value(state.node.cluster()).expect("cluster view serializes"))
 }
 
-async fn get_group(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_group(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     match state.node.group(&id) {
         Some(group) => Ok(Json(group).into_response()),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no crash group {id:?} on this node"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no crash group {id:?} on this node"),
+        )),
     }
 }
 
 async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
     let node = state.node.clone();
-    let text = tokio::task::spawn_blocking(move || node.render_metrics()).await.unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+    let text = tokio::task::spawn_blocking(move || node.render_metrics())
+        .await
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.ready.load(Ordering::Acquire) {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready"})),
+        )
+            .into_response()
     }
 }
 
@@ -311,9 +407,11 @@ async fn live_feed(node: Node, mut socket: WebSocket) {
     let mut snapshots = node.subscribe();
     let first = {
         let node = node.clone();
-        tokio::task::spawn_blocking(move || serde_json::to_string(&node.snapshot()).expect("serializes"))
-            .await
-            .unwrap_or_default()
+        tokio::task::spawn_blocking(move || {
+            serde_json::to_string(&node.snapshot()).expect("serializes")
+        })
+        .await
+        .unwrap_or_default()
     };
     if socket.send(Message::Text(first.into())).await.is_err() {
         return;

@@ -257,11 +257,7 @@ impl fmt::Display for LoadgenReport {
                 self.uploaded, self.upload_failed
             )?;
         }
-        writeln!(
-            f,
-            "  distinct users {:>10}",
-            self.truth.distinct_users()
-        )?;
+        writeln!(f, "  distinct users {:>10}", self.truth.distinct_users())?;
         match &self.lag {
             Some(lag) => writeln!(f, "  server         {lag}")?,
             None => writeln!(f, "  server         backlog not reported")?,
@@ -367,7 +363,7 @@ impl Ctx {
 
     fn note_error(&self, text: String) {
         let n = Counters::get(&self.counters.errors);
-        if n == 1 || n % 100 == 0 {
+        if n.is_power_of_two() {
             eprintln!("loadgen: request failed ({n} so far), retrying: {text}");
         }
         self.first_error.lock().get_or_insert(text);
@@ -580,7 +576,8 @@ impl Producer {
             }
             let json = serde_json::to_vec(&events).expect("events serialize");
             let body = if self.gzip {
-                let mut enc = GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::fast());
+                let mut enc =
+                    GzEncoder::new(Vec::with_capacity(json.len() / 4), Compression::fast());
                 enc.write_all(&json).expect("writing to memory");
                 enc.finish().expect("writing to memory")
             } else {
@@ -694,6 +691,9 @@ async fn upload_one(
 }
 
 /// Uploads every debug file of the world, `concurrency` at a time: (uploaded, failed).
+///
+/// The first file goes alone, as a probe: when it cannot be uploaded (server unreachable, or
+/// refusing uploads) the run fails at once instead of retrying every file.
 async fn upload_all(
     client: &reqwest::Client,
     base: &str,
@@ -701,44 +701,42 @@ async fn upload_all(
     concurrency: usize,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<(u64, u64)> {
-    let results: Vec<Result<(), String>> = stream::iter(0..world.modules().len())
-        .map(|i| {
-            let world = world.clone();
-            let mut stop = stop.clone();
-            async move {
-                if *stop.borrow() {
-                    return Err("stopped".to_string());
-                }
-                let (name, data) = tokio::task::spawn_blocking(move || world.debug_file(i))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let url = format!("{base}/api/v1/debug-files/{name}");
-                upload_one(client, &url, Bytes::from(data), &mut stop)
-                    .await
-                    .map_err(|e| format!("{name}: {e}"))
+    let upload = |i: usize| {
+        let world = world.clone();
+        let mut stop = stop.clone();
+        async move {
+            if *stop.borrow() {
+                return Err("stopped".to_string());
             }
-        })
+            let (name, data) = tokio::task::spawn_blocking(move || world.debug_file(i))
+                .await
+                .map_err(|e| e.to_string())?;
+            let url = format!("{base}/api/v1/debug-files/{name}");
+            upload_one(client, &url, Bytes::from(data), &mut stop)
+                .await
+                .map_err(|e| format!("{name}: {e}"))
+        }
+    };
+    let count = world.modules().len();
+    if count == 0 {
+        return Ok((0, 0));
+    }
+    if let Err(e) = upload(0).await {
+        if *stop.borrow() {
+            return Ok((0, count as u64));
+        }
+        anyhow::bail!("no debug file could be uploaded to {base}: {e}");
+    }
+    let results: Vec<Result<(), String>> = stream::iter(1..count)
+        .map(upload)
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    let uploaded = results.iter().filter(|r| r.is_ok()).count() as u64;
-    let failed = results.len() as u64 - uploaded;
-    let mut shown = 0;
-    for e in results.iter().filter_map(|r| r.as_ref().err()) {
-        if shown < 3 {
-            eprintln!("loadgen: debug file upload failed: {e}");
-        }
-        shown += 1;
+    let failed = results.iter().filter(|r| r.is_err()).count() as u64;
+    for e in results.iter().filter_map(|r| r.as_ref().err()).take(3) {
+        eprintln!("loadgen: debug file upload failed: {e}");
     }
-    if uploaded == 0 && failed > 0 && !*stop.borrow() {
-        let first = results
-            .iter()
-            .find_map(|r| r.as_ref().err())
-            .cloned()
-            .unwrap_or_default();
-        anyhow::bail!("no debug file could be uploaded to {base}: {first}");
-    }
-    Ok((uploaded, failed))
+    Ok((count as u64 - failed, failed))
 }
 
 async fn drive(
@@ -779,7 +777,9 @@ async fn drive(
         .then(|| start.checked_add(cfg.duration))
         .flatten();
     let limit = match end {
-        Some(_) if cfg.rate > 0 => Some((cfg.rate as f64 * cfg.duration.as_secs_f64()).round() as u64),
+        Some(_) if cfg.rate > 0 => {
+            Some((cfg.rate as f64 * cfg.duration.as_secs_f64()).round() as u64)
+        }
         _ => None,
     };
 
@@ -1039,13 +1039,24 @@ mod tests {
         // The rejected batch came back, whole, after Retry-After.
         let log = server.log.lock().clone();
         let (t429, _, first, n) = log.iter().find(|l| l.1 == 429).unwrap().clone();
-        let retry = log.iter().find(|l| l.1 == 202 && l.2 == first).expect("batch resent");
+        let retry = log
+            .iter()
+            .find(|l| l.1 == 202 && l.2 == first)
+            .expect("batch resent");
         assert_eq!(retry.3, n);
-        assert!(retry.0 - t429 >= Duration::from_millis(900), "Retry-After honoured");
+        assert!(
+            retry.0 - t429 >= Duration::from_millis(900),
+            "Retry-After honoured"
+        );
 
         // Paced: the batches were spread over the second, not sent at once.
         let first_at = log.iter().map(|l| l.0).min().unwrap();
-        let last_202 = log.iter().filter(|l| l.1 == 202).map(|l| l.0).max().unwrap();
+        let last_202 = log
+            .iter()
+            .filter(|l| l.1 == 202)
+            .map(|l| l.0)
+            .max()
+            .unwrap();
         assert!(last_202 - first_at >= Duration::from_millis(800));
 
         // Debug files were uploaded first, each a valid debug file.
@@ -1083,13 +1094,21 @@ mod tests {
     async fn other_4xx_are_rejected_and_not_retried() {
         let server = Server::new(Mode::Reject);
         let url = serve(server.clone()).await;
-        let report = run(cfg(url, 100, 500, 10), std::future::pending()).await.unwrap();
+        let report = run(cfg(url, 100, 500, 10), std::future::pending())
+            .await
+            .unwrap();
         assert_accounted(&report);
         assert_eq!((report.sent, report.rejected, report.accepted), (50, 50, 0));
         assert_eq!(report.requests, 5, "no retries");
-        assert_eq!(report.truth.total, 0, "the tally holds accepted events only");
+        assert_eq!(
+            report.truth.total, 0,
+            "the tally holds accepted events only"
+        );
         let rejection = report.first_rejection.as_deref().unwrap();
-        assert!(rejection.starts_with("400") && rejection.contains("bad_event"), "{rejection}");
+        assert!(
+            rejection.starts_with("400") && rejection.contains("bad_event"),
+            "{rejection}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1115,7 +1134,9 @@ mod tests {
         let url = format!("http://{}", listener.local_addr().unwrap());
         drop(listener);
         let shutdown = tokio::time::sleep(Duration::from_millis(600));
-        let report = run(cfg(url.clone(), 100, 60_000, 10), shutdown).await.unwrap();
+        let report = run(cfg(url.clone(), 100, 60_000, 10), shutdown)
+            .await
+            .unwrap();
         assert_accounted(&report);
         assert!(report.errors > 0 && report.accepted == 0);
         assert_eq!(report.unsent, report.sent);
@@ -1126,7 +1147,10 @@ mod tests {
         c.upload = true;
         let shutdown = tokio::time::sleep(Duration::from_secs(30));
         let err = run(c, shutdown).await.unwrap_err();
-        assert!(err.to_string().contains("no debug file could be uploaded"), "{err:#}");
+        assert!(
+            err.to_string().contains("no debug file could be uploaded"),
+            "{err:#}"
+        );
     }
 
     #[test]
@@ -1147,14 +1171,25 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
         h.insert(header::RETRY_AFTER, "0.5".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_millis(500)));
-        h.insert(header::RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        h.insert(
+            header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn the_run_future_can_be_spawned() {
+        fn assert_spawnable<T: Future + Send + 'static>(_: T) {}
+        assert_spawnable(run(LoadgenConfig::default(), std::future::pending::<()>()));
     }
 
     #[tokio::test]
     async fn bad_configuration_is_refused() {
-        let mut c = LoadgenConfig::default();
-        c.batch = 0;
+        let c = LoadgenConfig {
+            batch: 0,
+            ..LoadgenConfig::default()
+        };
         assert!(run(c, std::future::pending()).await.is_err());
         let c = LoadgenConfig {
             url: "not a url".into(),

@@ -12,8 +12,17 @@ use crashgrid::config::ServeArgs;
 use crashgrid::server::{serve, shutdown_signal};
 use symbolicate::{CacheConfig, CrashEvent, SymCaches, SymbolStore, Symbolicator};
 
+/// glibc's allocator spends a third of a loaded node's CPU in `malloc_consolidate` and chunk
+/// unlinking (many threads, many short-lived strings); mimalloc does not (`benches/node.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
-#[command(name = "crashgrid", version, about = "Crash-report processing cluster for Kubernetes")]
+#[command(
+    name = "crashgrid",
+    version,
+    about = "Crash-report processing cluster for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,7 +37,7 @@ enum Command {
         #[arg(long, env = "CRASHGRID_CONFIG")]
         config: Option<PathBuf>,
         #[command(flatten)]
-        args: ServeArgs,
+        args: Box<ServeArgs>,
     },
     /// Run a local demo: a node on a temporary data directory with generated debug files and
     /// demo traffic; prints the dashboard URL. Ctrl-C stops everything.
@@ -107,30 +116,64 @@ enum SymbolsCommand {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CRASHGRID_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Symbolicate { event, store, cache_dir, json } => symbolicate_file(&event, store, cache_dir, json),
-        Command::Symbols { command: SymbolsCommand::Add { files, store } } => symbols_add(&files, store),
+        Command::Symbolicate {
+            event,
+            store,
+            cache_dir,
+            json,
+        } => symbolicate_file(&event, store, cache_dir, json),
+        Command::Symbols {
+            command: SymbolsCommand::Add { files, store },
+        } => symbols_add(&files, store),
         Command::Serve { config, args } => {
             let args = match config {
                 Some(path) => args.or(ServeArgs::from_toml_file(&path)?),
-                None => args,
+                None => *args,
             };
             let settings = args.resolve().context("invalid configuration")?;
             runtime()?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(settings.listen)
                     .await
                     .with_context(|| format!("binding {}", settings.listen))?;
-                serve(settings, listener, Arc::new(SystemWallClock), shutdown_signal(), |_| {}).await
+                serve(
+                    settings,
+                    listener,
+                    Arc::new(SystemWallClock),
+                    shutdown_signal(),
+                    |_| {},
+                )
+                .await
             })
         }
-        Command::Up { port, rate, duration } => runtime()?.block_on(crashgrid::up::run(port, rate, duration.map(Duration::from_secs))),
-        Command::Loadgen { url, rate, duration, batch, concurrency, seed, upload, gzip } => {
+        Command::Up {
+            port,
+            rate,
+            duration,
+        } => runtime()?.block_on(crashgrid::up::run(
+            port,
+            rate,
+            duration.map(Duration::from_secs),
+        )),
+        Command::Loadgen {
+            url,
+            rate,
+            duration,
+            batch,
+            concurrency,
+            seed,
+            upload,
+            gzip,
+        } => {
             let cfg = crashgrid::loadgen::LoadgenConfig {
                 url,
                 rate,
@@ -149,11 +192,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn symbols_add(files: &[PathBuf], store: PathBuf) -> anyhow::Result<()> {
-    let store = SymbolStore::open(&store).with_context(|| format!("opening store {}", store.display()))?;
+    let store =
+        SymbolStore::open(&store).with_context(|| format!("opening store {}", store.display()))?;
     let mut refused = 0;
     for file in files {
         match store.add_file(file) {
@@ -165,7 +212,11 @@ fn symbols_add(files: &[PathBuf], store: PathBuf) -> anyhow::Result<()> {
                         s.object.format,
                         s.object.arch,
                         s.object.kind,
-                        if s.object.has_debug_info { " (debug info)" } else { " (symbols only)" },
+                        if s.object.has_debug_info {
+                            " (debug info)"
+                        } else {
+                            " (symbols only)"
+                        },
                         s.path
                     );
                 }
@@ -182,12 +233,19 @@ fn symbols_add(files: &[PathBuf], store: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn symbolicate_file(event: &PathBuf, store: PathBuf, cache_dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+fn symbolicate_file(
+    event: &PathBuf,
+    store: PathBuf,
+    cache_dir: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
     let text = std::fs::read(event).with_context(|| format!("reading {}", event.display()))?;
     let event = CrashEvent::from_json(&text)?;
     let cache_dir = cache_dir.unwrap_or_else(|| store.join(".symcache"));
-    let store = SymbolStore::open(&store).with_context(|| format!("opening store {}", store.display()))?;
-    let symbolicator = Symbolicator::new(Arc::new(SymCaches::new(store, CacheConfig::new(cache_dir))));
+    let store =
+        SymbolStore::open(&store).with_context(|| format!("opening store {}", store.display()))?;
+    let symbolicator =
+        Symbolicator::new(Arc::new(SymCaches::new(store, CacheConfig::new(cache_dir))));
     let crash = symbolicator.symbolicate(&event);
     if json {
         println!("{}", serde_json::to_string_pretty(&crash)?);

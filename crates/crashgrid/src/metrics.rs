@@ -101,10 +101,20 @@ impl Exposition {
     }
 
     /// A counter or gauge with one label.
-    pub fn labeled(&mut self, name: &str, kind: &str, help: &str, label: &str, series: &BTreeMap<String, u64>) {
+    pub fn labeled(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        label: &str,
+        series: &BTreeMap<String, u64>,
+    ) {
         self.head(name, kind, help);
         for (value, n) in series {
-            let escaped = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let escaped = value
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
             let _ = writeln!(self.0, "{name}{{{label}=\"{escaped}\"}} {n}");
         }
     }

@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use stats::{CrashRecord, Partial, Snapshot, Window, WindowConfig};
 use symbolicate::{
-    CacheConfig, CrashEvent, SymCaches, SymbolStore, SymbolicatedCrash, Symbolicator,
+    CacheConfig, CrashEvent, FrameCache, SymCaches, SymbolStore, SymbolicatedCrash, Symbolicator,
 };
 use tokio::sync::watch;
 
@@ -90,6 +90,9 @@ pub struct NodeConfig {
     pub negative_ttl: Duration,
     /// Most crash groups remembered for `/api/v1/groups/{id}` (the least recently seen go).
     pub max_groups: usize,
+    /// Most symbolicated addresses kept in the near cache. 200,000 is about 50 MiB and holds
+    /// every frame of several thousand distinct crashes.
+    pub frame_cache_entries: usize,
 }
 
 impl NodeConfig {
@@ -107,6 +110,7 @@ impl NodeConfig {
             window: WindowConfig::default(),
             negative_ttl: Duration::from_secs(60),
             max_groups: 10_000,
+            frame_cache_entries: 200_000,
         }
     }
 }
@@ -193,7 +197,12 @@ struct Groups {
 }
 
 impl Groups {
-    fn record(&mut self, group: crate::fingerprint::Group, crash: Arc<SymbolicatedCrash>, now_ms: u64) {
+    fn record(
+        &mut self,
+        group: crate::fingerprint::Group,
+        crash: Arc<SymbolicatedCrash>,
+        now_ms: u64,
+    ) {
         if let Some(info) = self.map.get_mut(&group.id) {
             info.count += 1;
             info.last_seen_ms = now_ms;
@@ -202,8 +211,11 @@ impl Groups {
         }
         if self.map.len() >= self.capacity {
             // Evict the least recently seen tenth in one go (amortized O(1) per insert).
-            let mut seen: Vec<(u64, String)> =
-                self.map.values().map(|g| (g.last_seen_ms, g.id.clone())).collect();
+            let mut seen: Vec<(u64, String)> = self
+                .map
+                .values()
+                .map(|g| (g.last_seen_ms, g.id.clone()))
+                .collect();
             seen.sort_unstable();
             for (_, id) in seen.into_iter().take(self.capacity / 10 + 1) {
                 self.map.remove(&id);
@@ -326,16 +338,25 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("id", &self.inner.config.node_id).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("id", &self.inner.config.node_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl Node {
     /// Opens the store and caches, starts the worker threads. `address` is the public HTTP
     /// address shown to the cluster panel.
-    pub fn start(config: NodeConfig, address: String, clock: Arc<dyn WallClock>) -> anyhow::Result<Self> {
+    pub fn start(
+        config: NodeConfig,
+        address: String,
+        clock: Arc<dyn WallClock>,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        config.window.validate().context("invalid window configuration")?;
+        config
+            .window
+            .validate()
+            .context("invalid window configuration")?;
         anyhow::ensure!(config.queue_capacity > 0, "queue capacity must be positive");
         let store = SymbolStore::open(&config.store_dir)
             .with_context(|| format!("opening symbol store {}", config.store_dir.display()))?;
@@ -357,7 +378,9 @@ impl Node {
         let now = clock.now_secs();
         let window = Window::new(config.window.clone(), now).context("creating the window")?;
         let workers = if config.workers == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
         } else {
             config.workers
         };
@@ -365,10 +388,16 @@ impl Node {
         let (snapshots, _) = watch::channel(Arc::<str>::from("{}"));
         let inner = Arc::new(Inner {
             in_app: InApp::new(config.in_app.clone()),
-            symbolicator: Symbolicator::new(caches),
+            symbolicator: Symbolicator::with_frame_cache(
+                caches,
+                Arc::new(FrameCache::new(config.frame_cache_entries)),
+            ),
             clock,
             window: Mutex::new(window),
-            groups: Mutex::new(Groups { map: HashMap::new(), capacity: config.max_groups.max(1) }),
+            groups: Mutex::new(Groups {
+                map: HashMap::new(),
+                capacity: config.max_groups.max(1),
+            }),
             backlog: Backlog {
                 capacity: config.queue_capacity,
                 inflight: AtomicUsize::new(0),
@@ -439,14 +468,23 @@ impl Node {
         let sender = inner.jobs.lock().clone();
         let Some(sender) = sender.filter(|_| inner.backlog.try_reserve(n)) else {
             inner.metrics.rejected.add("overloaded", n as u64);
-            return Err(Overloaded { retry_after: Duration::from_secs(1) });
+            return Err(Overloaded {
+                retry_after: Duration::from_secs(1),
+            });
         };
         let accepted_ms = inner.clock.now_ms();
         let mut events = events.into_iter().peekable();
         while events.peek().is_some() {
             let chunk: Vec<CrashEvent> = events.by_ref().take(JOB_EVENTS).collect();
             let seq = inner.backlog.register(accepted_ms, chunk.len());
-            if sender.send(Job { seq, accepted_ms, events: chunk }).is_err() {
+            if sender
+                .send(Job {
+                    seq,
+                    accepted_ms,
+                    events: chunk,
+                })
+                .is_err()
+            {
                 // Workers are gone (shutting down): nothing may be lost silently.
                 inner.backlog.ack(seq);
                 tracing::error!("worker pool stopped while accepting a batch");
@@ -459,7 +497,12 @@ impl Node {
     /// The current backlog figures.
     pub fn backlog(&self) -> BacklogView {
         let inner = &self.inner;
-        let avg = inner.window.lock().snapshot(inner.clock.now_secs()).symbolication_time_us.avg;
+        let avg = inner
+            .window
+            .lock()
+            .snapshot(inner.clock.now_secs())
+            .symbolication_time_us
+            .avg;
         BacklogView {
             unacked: inner.backlog.unacked() as u64,
             oldest_unacked_age_ms: inner.backlog.oldest_age_ms(inner.clock.now_ms()),
@@ -523,7 +566,11 @@ impl Node {
     }
 
     /// Publishes a snapshot every `period` until `shutdown` resolves.
-    pub async fn run_publisher(self, period: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run_publisher(
+        self,
+        period: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tokio::pin!(shutdown);
@@ -564,34 +611,152 @@ impl Node {
         let snap = self.snapshot();
         let counters = inner.symbolicator.caches().counters();
         let mut e = Exposition::default();
-        e.counter("crashgrid_crashes_received_total", "Crash events received in request bodies.", m.received.get());
-        e.counter("crashgrid_crashes_accepted_total", "Crash events accepted into the ingest queue.", m.accepted.get());
-        e.counter("crashgrid_crashes_processed_total", "Crash events symbolicated, aggregated and acknowledged.", m.processed.get());
-        e.labeled("crashgrid_rejected_total", "counter", "Events or requests rejected, by reason.", "reason", &m.rejected.snapshot());
-        e.labeled("crashgrid_frames_total", "counter", "Symbolicated output frames by status.", "status", &m.frames.snapshot());
-        e.gauge("crashgrid_unacked_messages", "Events accepted and not yet processed and acknowledged.", snap.backlog.unacked as f64);
-        e.gauge("crashgrid_oldest_unacked_age_seconds", "Age of the oldest unacknowledged event.", snap.backlog.oldest_unacked_age_ms as f64 / 1000.0);
-        e.gauge("crashgrid_ingest_queue_capacity", "Most events admitted and not yet acknowledged.", snap.backlog.queue_capacity as f64);
-        e.counter("crashgrid_symbolication_seconds_sum", "Total time spent symbolicating crashes.", m.symbolication_us_sum.get() as f64 / 1e6);
-        e.counter("crashgrid_symbolication_seconds_count", "Crashes symbolicated.", m.processed.get());
-        e.gauge("crashgrid_symbolication_avg_seconds", "Average symbolication time per crash over the live window.", snap.backlog.avg_symbolication_us / 1e6);
+        e.counter(
+            "crashgrid_crashes_received_total",
+            "Crash events received in request bodies.",
+            m.received.get(),
+        );
+        e.counter(
+            "crashgrid_crashes_accepted_total",
+            "Crash events accepted into the ingest queue.",
+            m.accepted.get(),
+        );
+        e.counter(
+            "crashgrid_crashes_processed_total",
+            "Crash events symbolicated, aggregated and acknowledged.",
+            m.processed.get(),
+        );
+        e.labeled(
+            "crashgrid_rejected_total",
+            "counter",
+            "Events or requests rejected, by reason.",
+            "reason",
+            &m.rejected.snapshot(),
+        );
+        e.labeled(
+            "crashgrid_frames_total",
+            "counter",
+            "Symbolicated output frames by status.",
+            "status",
+            &m.frames.snapshot(),
+        );
+        e.gauge(
+            "crashgrid_unacked_messages",
+            "Events accepted and not yet processed and acknowledged.",
+            snap.backlog.unacked as f64,
+        );
+        e.gauge(
+            "crashgrid_oldest_unacked_age_seconds",
+            "Age of the oldest unacknowledged event.",
+            snap.backlog.oldest_unacked_age_ms as f64 / 1000.0,
+        );
+        e.gauge(
+            "crashgrid_ingest_queue_capacity",
+            "Most events admitted and not yet acknowledged.",
+            snap.backlog.queue_capacity as f64,
+        );
+        e.counter(
+            "crashgrid_symbolication_seconds_sum",
+            "Total time spent symbolicating crashes.",
+            m.symbolication_us_sum.get() as f64 / 1e6,
+        );
+        e.counter(
+            "crashgrid_symbolication_seconds_count",
+            "Crashes symbolicated.",
+            m.processed.get(),
+        );
+        e.gauge(
+            "crashgrid_symbolication_avg_seconds",
+            "Average symbolication time per crash over the live window.",
+            snap.backlog.avg_symbolication_us / 1e6,
+        );
         let t = &snap.stats.symbolication_time_us;
         for (q, v) in [("p50", t.p50), ("p95", t.p95), ("p99", t.p99)] {
-            e.gauge(&format!("crashgrid_symbolication_{q}_seconds"), &format!("{q} symbolication time per crash over the live window."), v.unwrap_or(0.0) / 1e6);
+            e.gauge(
+                &format!("crashgrid_symbolication_{q}_seconds"),
+                &format!("{q} symbolication time per crash over the live window."),
+                v.unwrap_or(0.0) / 1e6,
+            );
         }
-        e.gauge("crashgrid_window_crashes", "Crashes in the live window.", snap.stats.total as f64);
-        e.gauge("crashgrid_window_distinct_users", "Distinct affected users in the live window (HyperLogLog).", snap.stats.distinct_users as f64);
+        e.gauge(
+            "crashgrid_window_crashes",
+            "Crashes in the live window.",
+            snap.stats.total as f64,
+        );
+        e.gauge(
+            "crashgrid_window_distinct_users",
+            "Distinct affected users in the live window (HyperLogLog).",
+            snap.stats.distinct_users as f64,
+        );
         e.counter("crashgrid_late_records_total", "Records counted in the current second because their acceptance second had left the window.", m.late_records.get());
-        e.counter("crashgrid_symcache_conversions_total", "Debug files converted to SymCaches.", counters.conversions);
-        e.counter("crashgrid_symcache_disk_loads_total", "SymCaches loaded from the on-disk cache.", counters.disk_loads);
-        e.counter("crashgrid_symcache_negative_hits_total", "Lookups answered by a remembered missing or malformed debug file.", counters.negative_hits);
-        e.counter("crashgrid_debug_files_stored_total", "Debug files stored through the API.", m.debug_files_stored.get());
-        e.counter("crashgrid_debug_files_refused_total", "Debug files refused through the API.", m.debug_files_refused.get());
-        e.counter("crashgrid_sink_errors_total", "Failed writes to the crash sink.", m.sink_errors.get());
-        e.counter("crashgrid_websocket_messages_total", "Snapshots pushed over WebSocket.", m.ws_messages.get());
-        e.gauge("crashgrid_is_leader", "1 when this node leads the cluster.", 1.0);
-        e.gauge("crashgrid_leader_epoch", "Epoch (fencing token) of the current leader.", snap.cluster.epoch as f64);
-        e.gauge("crashgrid_cluster_members", "Members in this node's view of the cluster.", snap.cluster.members.len() as f64);
+        e.counter(
+            "crashgrid_symcache_conversions_total",
+            "Debug files converted to SymCaches.",
+            counters.conversions,
+        );
+        e.counter(
+            "crashgrid_symcache_disk_loads_total",
+            "SymCaches loaded from the on-disk cache.",
+            counters.disk_loads,
+        );
+        e.counter(
+            "crashgrid_symcache_negative_hits_total",
+            "Lookups answered by a remembered missing or malformed debug file.",
+            counters.negative_hits,
+        );
+        if let Some(near) = inner.symbolicator.frame_cache() {
+            let st = near.stats();
+            let mut tiers = BTreeMap::new();
+            tiers.insert("hit".to_string(), st.hits);
+            tiers.insert("miss".to_string(), st.misses);
+            e.labeled(
+                "crashgrid_near_cache_lookups_total",
+                "counter",
+                "Frame lookups in the in-process near cache, by outcome.",
+                "outcome",
+                &tiers,
+            );
+            e.gauge(
+                "crashgrid_near_cache_entries",
+                "Symbolicated addresses held in the near cache.",
+                st.entries,
+            );
+        }
+        e.counter(
+            "crashgrid_debug_files_stored_total",
+            "Debug files stored through the API.",
+            m.debug_files_stored.get(),
+        );
+        e.counter(
+            "crashgrid_debug_files_refused_total",
+            "Debug files refused through the API.",
+            m.debug_files_refused.get(),
+        );
+        e.counter(
+            "crashgrid_sink_errors_total",
+            "Failed writes to the crash sink.",
+            m.sink_errors.get(),
+        );
+        e.counter(
+            "crashgrid_websocket_messages_total",
+            "Snapshots pushed over WebSocket.",
+            m.ws_messages.get(),
+        );
+        e.gauge(
+            "crashgrid_is_leader",
+            "1 when this node leads the cluster.",
+            1.0,
+        );
+        e.gauge(
+            "crashgrid_leader_epoch",
+            "Epoch (fencing token) of the current leader.",
+            snap.cluster.epoch as f64,
+        );
+        e.gauge(
+            "crashgrid_cluster_members",
+            "Members in this node's view of the cluster.",
+            snap.cluster.members.len() as f64,
+        );
         e.finish()
     }
 }
@@ -614,7 +779,11 @@ impl Inner {
             }
             let group = fingerprint(&crash, &self.in_app);
             if let Sink::Writer(w) = &self.sink {
-                let record = SinkRecord { group_id: &group.id, group_title: &group.title, crash: &crash };
+                let record = SinkRecord {
+                    group_id: &group.id,
+                    group_title: &group.title,
+                    crash: &crash,
+                };
                 let mut line = serde_json::to_vec(&record).expect("records serialize");
                 line.push(b'\n');
                 if let Err(e) = w.lock().write_all(&line) {
@@ -634,7 +803,9 @@ impl Inner {
                 user_id: event.user_id.as_deref(),
                 symbolication_us: us,
             });
-            self.groups.lock().record(group, Arc::new(crash), self.clock.now_ms());
+            self.groups
+                .lock()
+                .record(group, Arc::new(crash), self.clock.now_ms());
         }
         if let Sink::Writer(w) = &self.sink {
             if let Err(e) = w.lock().flush() {

@@ -31,7 +31,10 @@ pub async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let publisher = tokio::spawn(node.clone().run_publisher(settings.publish_interval, stopped(stop_rx.clone())));
+    let publisher = tokio::spawn(
+        node.clone()
+            .run_publisher(settings.publish_interval, stopped(stop_rx.clone())),
+    );
     let router = http::router(node.clone(), settings.http.clone(), ready.clone());
     tracing::info!(node = node.id(), %address, "crashgrid node serving");
     let ready_flag = ready.clone();

@@ -15,7 +15,10 @@ use crate::server::{serve, shutdown_signal};
 
 /// Runs the demo until Ctrl-C (or `duration`).
 pub async fn run(port: u16, rate: u32, duration: Option<Duration>) -> anyhow::Result<()> {
-    let data = tempfile::Builder::new().prefix("crashgrid-up-").tempdir().context("creating a temporary data directory")?;
+    let data = tempfile::Builder::new()
+        .prefix("crashgrid-up-")
+        .tempdir()
+        .context("creating a temporary data directory")?;
     let listener = match TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -27,7 +30,10 @@ pub async fn run(port: u16, rate: u32, duration: Option<Duration>) -> anyhow::Re
     let settings = ServeArgs {
         node_id: Some("node-1".into()),
         data_dir: Some(data.path().to_path_buf()),
-        sink: Some(format!("file:{}", data.path().join("crashes.jsonl").display())),
+        sink: Some(format!(
+            "file:{}",
+            data.path().join("crashes.jsonl").display()
+        )),
         in_app: Some(vec!["libgame*".into()]),
         ..Default::default()
     }
@@ -40,9 +46,18 @@ pub async fn run(port: u16, rate: u32, duration: Option<Duration>) -> anyhow::Re
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let server = tokio::spawn(serve(settings, listener, Arc::new(SystemWallClock), stopped(), |_| {}));
+    let server = tokio::spawn(serve(
+        settings,
+        listener,
+        Arc::new(SystemWallClock),
+        stopped(),
+        |_| {},
+    ));
     let url = format!("http://{addr}");
-    println!("crashgrid is up: dashboard at {url}/  (data in {}; Ctrl-C stops)", data.path().display());
+    println!(
+        "crashgrid is up: dashboard at {url}/  (data in {}; Ctrl-C stops)",
+        data.path().display()
+    );
 
     let cfg = LoadgenConfig {
         url: url.clone(),

@@ -28,11 +28,12 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use symbolic::common::{ByteView, DebugId};
+use symbolic::common::{Arch, ByteView, DebugId};
 use symbolic::symcache::{SymCache, SymCacheConverter, SYMCACHE_VERSION};
 
 use crate::clock::{Clock, SystemClock};
@@ -85,10 +86,42 @@ impl CacheConfig {
 pub struct LoadedSymCache {
     bytes: ByteView<'static>,
     debug_id: DebugId,
+    arch: Arch,
+    generation: u64,
     pub(crate) names: NameMemo,
 }
 
+/// Every loaded SymCache gets a distinct generation, so caches of its results can tell a
+/// re-uploaded debug file's SymCache from the old one.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
 impl LoadedSymCache {
+    fn new(bytes: ByteView<'static>, debug_id: DebugId) -> Result<Self, CacheError> {
+        let arch = SymCache::parse(&bytes)
+            .map_err(|e| CacheError::Malformed {
+                debug_id,
+                reason: format!("symcache: {e}"),
+            })?
+            .arch();
+        Ok(Self {
+            bytes,
+            debug_id,
+            arch,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            names: NameMemo::default(),
+        })
+    }
+
+    /// The CPU architecture of the debug file.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// This SymCache's generation (distinct for every load).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Parses the SymCache and runs `f` on it.
     pub fn with<R>(&self, f: impl FnOnce(&SymCache<'_>) -> R) -> Result<R, CacheError> {
         let cache = SymCache::parse(&self.bytes).map_err(|e| CacheError::Malformed {
@@ -219,11 +252,7 @@ impl SymCaches {
         if let Ok(bytes) = ByteView::open(&path) {
             if SymCache::parse(&bytes).is_ok_and(|c| c.is_latest()) {
                 self.counters.lock().disk_loads += 1;
-                return Ok(LoadedSymCache {
-                    bytes,
-                    debug_id: *debug_id,
-                    names: NameMemo::default(),
-                });
+                return LoadedSymCache::new(bytes, *debug_id);
             }
             tracing::warn!(path = %path.display(), "discarding unreadable cached symcache");
         }
@@ -241,11 +270,7 @@ impl SymCaches {
         if let Err(e) = write_atomic(&path, &bytes) {
             tracing::warn!(path = %path.display(), error = %e, "could not write symcache to disk; keeping it in memory");
         }
-        Ok(LoadedSymCache {
-            bytes: ByteView::from_vec(bytes),
-            debug_id: *debug_id,
-            names: NameMemo::default(),
-        })
+        LoadedSymCache::new(ByteView::from_vec(bytes), *debug_id)
     }
 }
 

@@ -18,6 +18,7 @@
 mod cache;
 mod clock;
 mod event;
+mod frames;
 mod object;
 mod store;
 mod symbolicator;
@@ -28,6 +29,7 @@ pub use event::{
     limits, parse_rfc3339, AddrMode, App, CrashEvent, EventError, Exception, Frame, Module, Os,
     Thread,
 };
+pub use frames::{FrameCache, FrameCacheStats};
 pub use object::{inspect, ObjectError, ObjectInfo};
 pub use store::{StoreError, StoredFile, SymbolStore};
 pub use symbolic::common::DebugId;

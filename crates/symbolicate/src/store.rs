@@ -12,7 +12,9 @@
 //! small JSON file per id, written by atomic rename, so concurrent imports never corrupt it.
 //!
 //! When two files share a debug id (an executable and its split debug companion share the ELF
-//! build-id), the one with debug information wins; between equals, the newest import wins.
+//! build-id), the one with debug information wins; between equals, the newest import wins. A
+//! losing file with the same name as the winner is not written at all, so it can never replace
+//! the better file on disk.
 
 use std::fs;
 use std::io::Write;
@@ -146,9 +148,18 @@ impl SymbolStore {
         for object in objects {
             let rel = format!("{}/{}/{}", debug_file, object.debug_id.breakpad(), name);
             let path = self.root.join(&rel);
-            write_atomic(&path, data).map_err(io_err(&path))?;
             let entry = StoredFile { path: rel, object };
-            if self.should_index(&entry) {
+            let index_it = self.should_index(&entry);
+            // A file that loses to the indexed one must not overwrite it when both have the
+            // same name (a dSYM's DWARF file and its executable; an ELF and its debug file).
+            let keep_existing = !index_it
+                && self
+                    .entry(&entry.object.debug_id)
+                    .is_some_and(|old| old.path == entry.path);
+            if !keep_existing {
+                write_atomic(&path, data).map_err(io_err(&path))?;
+            }
+            if index_it {
                 let index = self.index_path(&entry.object.debug_id);
                 let json = serde_json::to_vec(&entry).expect("StoredFile serializes");
                 write_atomic(&index, &json).map_err(io_err(&index))?;

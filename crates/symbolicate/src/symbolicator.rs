@@ -26,6 +26,7 @@ use parking_lot::RwLock;
 
 use crate::cache::{CacheError, LoadedSymCache, SymCaches};
 use crate::event::{AddrMode, CrashEvent, Module};
+use crate::frames::FrameCache;
 
 /// Outcome of symbolicating one frame, as Symbolicator names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -186,20 +187,23 @@ fn language_name(lang: Language) -> &'static str {
 /// the bytes live as long as the memo). C++ demangling costs microseconds; hot frames repeat.
 #[derive(Debug, Default)]
 pub(crate) struct NameMemo {
-    functions: RwLock<HashMap<(usize, usize), (Arc<str>, Arc<str>)>>,
+    functions: RwLock<HashMap<(usize, usize), Names>>,
 }
+
+/// A function's demangled and raw name.
+type Names = (Arc<str>, Arc<str>);
 
 fn str_key(s: Option<&str>) -> usize {
     s.map_or(0, |s| s.as_ptr() as usize ^ (s.len() << 48))
 }
 
 impl NameMemo {
-    fn function(&self, function: &symbolic::symcache::Function<'_>) -> (Arc<str>, Arc<str>) {
+    fn function(&self, function: &symbolic::symcache::Function<'_>) -> Names {
         let key = (str_key(Some(function.name())), function.language() as usize);
         if let Some(found) = self.functions.read().get(&key) {
             return found.clone();
         }
-        let value: (Arc<str>, Arc<str>) = (
+        let value: Names = (
             demangle(&function.name_for_demangling()).into(),
             function.name().into(),
         );
@@ -240,6 +244,7 @@ pub(crate) fn lookup_in(cache: &SymCache<'_>, names: &NameMemo, addr: u64) -> Ve
 #[derive(Debug, Clone)]
 pub struct Symbolicator {
     caches: Arc<SymCaches>,
+    near: Option<Arc<FrameCache>>,
 }
 
 fn module_for(modules: &[Module], addr: u64) -> Option<usize> {
@@ -270,7 +275,39 @@ type ModuleCache = Result<Arc<LoadedSymCache>, CacheError>;
 impl Symbolicator {
     /// A symbolicator over `caches`.
     pub fn new(caches: Arc<SymCaches>) -> Self {
-        Self { caches }
+        Self { caches, near: None }
+    }
+
+    /// A symbolicator that remembers symbolicated addresses in `near` (see [`FrameCache`]).
+    /// [`Symbolicator::lookup`] never uses it; [`Symbolicator::symbolicate`] does.
+    pub fn with_frame_cache(caches: Arc<SymCaches>, near: Arc<FrameCache>) -> Self {
+        Self {
+            caches,
+            near: Some(near),
+        }
+    }
+
+    /// The near cache, if any.
+    pub fn frame_cache(&self) -> Option<&Arc<FrameCache>> {
+        self.near.as_ref()
+    }
+
+    fn lookup_cached(
+        &self,
+        debug_id: &DebugId,
+        cache: &LoadedSymCache,
+        rel: u64,
+    ) -> Result<Arc<[SourceFrame]>, CacheError> {
+        let Some(near) = &self.near else {
+            return cache.lookup(rel).map(Arc::from);
+        };
+        let key = (*debug_id, rel);
+        if let Some(frames) = near.get(&key, cache.generation()) {
+            return Ok(frames);
+        }
+        let frames: Arc<[SourceFrame]> = cache.lookup(rel)?.into();
+        near.put(key, cache.generation(), frames.clone());
+        Ok(frames)
     }
 
     /// The SymCaches in use.
@@ -343,23 +380,21 @@ impl Symbolicator {
                     }
                 };
                 let crashing = thread.crashed && index == 0;
-                let result = cache.with(|sc| {
-                    let adjusted = caller_address(sc.arch(), abs, crashing);
-                    let rel = adjusted.wrapping_sub(module.image_addr);
-                    (rel, lookup_in(sc, &cache.names, rel))
-                });
+                let rel =
+                    caller_address(cache.arch(), abs, crashing).wrapping_sub(module.image_addr);
+                let result = self.lookup_cached(&debug_id, cache, rel);
                 match result {
-                    Ok((rel, sources)) if !sources.is_empty() => {
-                        for source in sources {
+                    Ok(sources) if !sources.is_empty() => {
+                        for source in sources.iter() {
                             frames.push(SymbolicatedFrame {
                                 status: FrameStatus::Symbolicated,
                                 lookup_addr: Some(rel),
-                                source: Some(source),
+                                source: Some(source.clone()),
                                 ..base.clone()
                             });
                         }
                     }
-                    Ok((rel, _)) => frames.push(SymbolicatedFrame {
+                    Ok(_) => frames.push(SymbolicatedFrame {
                         lookup_addr: Some(rel),
                         ..base
                     }),

@@ -25,7 +25,10 @@ impl TestNode {
         let mut args = ServeArgs {
             node_id: Some("test-node".into()),
             data_dir: Some(dir.path().to_path_buf()),
-            sink: Some(format!("file:{}", dir.path().join("crashes.jsonl").display())),
+            sink: Some(format!(
+                "file:{}",
+                dir.path().join("crashes.jsonl").display()
+            )),
             publish_interval_ms: Some(100),
             workers: Some(2),
             ..Default::default()
@@ -47,8 +50,19 @@ impl TestNode {
             },
             move |node| node_tx.send(node.clone()).unwrap(),
         ));
-        let node = tokio::task::spawn_blocking(move || node_rx.recv_timeout(Duration::from_secs(30)).unwrap()).await.unwrap();
-        Self { url, clock, node, dir, stop: Some(stop), task: Some(task) }
+        let node = tokio::task::spawn_blocking(move || {
+            node_rx.recv_timeout(Duration::from_secs(30)).unwrap()
+        })
+        .await
+        .unwrap();
+        Self {
+            url,
+            clock,
+            node,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Waits (bounded) until every accepted event is processed and acknowledged.
@@ -60,7 +74,10 @@ impl TestNode {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("node did not process {expected_processed} events in time (processed {})", self.node.metrics().processed.get());
+        panic!(
+            "node did not process {expected_processed} events in time (processed {})",
+            self.node.metrics().processed.get()
+        );
     }
 
     /// Stops the node gracefully; returns its data directory (still on disk).
@@ -101,20 +118,44 @@ pub fn build_crasher(dir: &Path) -> Crasher {
     let src = dir.join("libgame.c");
     std::fs::write(&src, CRASHER).unwrap();
     let path = dir.join("libgame.so");
-    let out = Command::new("cc").args(["-g", "-O2", "-o"]).arg(&path).arg(&src).output().expect("cc is installed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let nm = Command::new("nm").args(["--print-size", "--defined-only"]).arg(&path).output().unwrap();
+    let out = Command::new("cc")
+        .args(["-g", "-O2", "-o"])
+        .arg(&path)
+        .arg(&src)
+        .output()
+        .expect("cc is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nm = Command::new("nm")
+        .args(["--print-size", "--defined-only"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let functions = String::from_utf8(nm.stdout)
         .unwrap()
         .lines()
         .filter_map(|l| {
             let p: Vec<&str> = l.split_whitespace().collect();
-            (p.len() == 4 && (p[3].starts_with("crash_") || p[3] == "game_loop"))
-                .then(|| (p[3].to_string(), u64::from_str_radix(p[0], 16).unwrap(), u64::from_str_radix(p[1], 16).unwrap()))
+            (p.len() == 4 && (p[3].starts_with("crash_") || p[3] == "game_loop")).then(|| {
+                (
+                    p[3].to_string(),
+                    u64::from_str_radix(p[0], 16).unwrap(),
+                    u64::from_str_radix(p[1], 16).unwrap(),
+                )
+            })
         })
         .collect();
-    let debug_id = symbolicate::inspect(&std::fs::read(&path).unwrap()).unwrap()[0].debug_id.to_string();
-    Crasher { path, debug_id, functions }
+    let debug_id = symbolicate::inspect(&std::fs::read(&path).unwrap()).unwrap()[0]
+        .debug_id
+        .to_string();
+    Crasher {
+        path,
+        debug_id,
+        functions,
+    }
 }
 
 impl Crasher {

@@ -9,9 +9,18 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-const KINDS: [&str; 4] = ["crash_render", "crash_physics", "crash_audio", "crash_network"];
+const KINDS: [&str; 4] = [
+    "crash_render",
+    "crash_physics",
+    "crash_audio",
+    "crash_network",
+];
 const VERSIONS: [&str; 3] = ["2.4.0", "2.4.1", "2.5.0"];
-const OSES: [(&str, &str, &str); 3] = [("android", "Android", "13"), ("android", "Android", "14"), ("ios", "iOS", "17.2")];
+const OSES: [(&str, &str, &str); 3] = [
+    ("android", "Android", "13"),
+    ("android", "Android", "14"),
+    ("ios", "iOS", "17.2"),
+];
 const DEVICES: [&str; 4] = ["Pixel 8", "Galaxy S23", "iPhone15,2", "Redmi Note 12"];
 
 #[derive(Default)]
@@ -31,8 +40,19 @@ fn make_event(c: &Crasher, i: u64, truth: &mut Truth) -> Value {
     let user = format!("user-{}", i % 97);
     let image = 0x7000_0000_0000u64 + (i % 5) * 0x100_0000;
     truth.total += 1;
-    for (dim, v) in [("app_version", version), ("platform", platform), ("os_version", os_version), ("device_model", device), ("exception_type", "SIGSEGV")] {
-        *truth.by.entry(dim).or_default().entry(v.to_string()).or_default() += 1;
+    for (dim, v) in [
+        ("app_version", version),
+        ("platform", platform),
+        ("os_version", os_version),
+        ("device_model", device),
+        ("exception_type", "SIGSEGV"),
+    ] {
+        *truth
+            .by
+            .entry(dim)
+            .or_default()
+            .entry(v.to_string())
+            .or_default() += 1;
     }
     *truth.kinds.entry(kind).or_default() += 1;
     truth.users.insert(user.clone());
@@ -55,7 +75,12 @@ fn make_event(c: &Crasher, i: u64, truth: &mut Truth) -> Value {
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
-    client.post(format!("{url}/api/v1/crashes")).json(body).send().await.unwrap()
+    client
+        .post(format!("{url}/api/v1/crashes"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn upload(client: &reqwest::Client, url: &str, c: &Crasher) {
@@ -71,7 +96,14 @@ async fn upload(client: &reqwest::Client, url: &str, c: &Crasher) {
 }
 
 async fn stats(client: &reqwest::Client, url: &str) -> Value {
-    client.get(format!("{url}/api/v1/stats")).send().await.unwrap().json().await.unwrap()
+    client
+        .get(format!("{url}/api/v1/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 fn breakdown(snapshot: &Value, dim: &str) -> BTreeMap<String, u64> {
@@ -79,7 +111,12 @@ fn breakdown(snapshot: &Value, dim: &str) -> BTreeMap<String, u64> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["value"].as_str().unwrap().to_string(), e["count"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["value"].as_str().unwrap().to_string(),
+                e["count"].as_u64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -97,7 +134,12 @@ async fn posted_crashes_are_counted_exactly_and_leave_the_window_after_five_minu
     // 1,000 crashes over three seconds of the manual clock, in batches, one gzip-compressed.
     for second in 0..3 {
         for batch in 0..5 {
-            let events: Vec<Value> = (0..(60 + second * 20 + batch)).map(|_| { i += 1; make_event(&crasher, i, &mut truth) }).collect();
+            let events: Vec<Value> = (0..(60 + second * 20 + batch))
+                .map(|_| {
+                    i += 1;
+                    make_event(&crasher, i, &mut truth)
+                })
+                .collect();
             let resp = if batch == 0 {
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 gz.write_all(&serde_json::to_vec(&events).unwrap()).unwrap();
@@ -131,34 +173,62 @@ async fn posted_crashes_are_counted_exactly_and_leave_the_window_after_five_minu
     for (dim, want) in &truth.by {
         assert_eq!(&breakdown(&snap, dim), want, "breakdown {dim}");
     }
-    let series: Vec<u64> = snap["stats"]["series"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let series: Vec<u64> = snap["stats"]["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
     assert_eq!(series.len(), 300);
     assert_eq!(series.iter().sum::<u64>(), truth.total);
-    assert_eq!(&series[296..], &[310, 410, 510, 1][..], "per-second series, oldest first");
+    assert_eq!(
+        &series[296..],
+        &[310, 410, 510, 1][..],
+        "per-second series, oldest first"
+    );
 
     // Groups: one per crash site, titled by the symbolicated in-app function, counted exactly.
     let groups = snap["stats"]["top_groups"].as_array().unwrap();
     assert_eq!(groups.len(), KINDS.len());
     for g in groups {
         let title = g["title"].as_str().unwrap();
-        let kind = KINDS.iter().find(|k| title.contains(**k)).unwrap_or_else(|| panic!("unexpected group title {title}"));
+        let kind = KINDS
+            .iter()
+            .find(|k| title.contains(**k))
+            .unwrap_or_else(|| panic!("unexpected group title {title}"));
         assert!(title.starts_with("SIGSEGV: "), "{title}");
         assert_eq!(g["count"], truth.kinds[kind], "group {title}");
     }
 
     let users = snap["stats"]["distinct_users"].as_f64().unwrap();
     let exact = truth.users.len() as f64;
-    assert!((users - exact).abs() <= exact * 3.0 * 0.0163 + 1.0, "HLL estimate {users} vs {exact}");
+    assert!(
+        (users - exact).abs() <= exact * 3.0 * 0.0163 + 1.0,
+        "HLL estimate {users} vs {exact}"
+    );
     assert!(snap["stats"]["symbolication_time_us"]["count"] == truth.total);
 
     // The group endpoint serves the latest symbolicated example.
     let id = groups[0]["id"].as_str().unwrap();
-    let group: Value = client.get(format!("{}/api/v1/groups/{id}", node.url)).send().await.unwrap().json().await.unwrap();
+    let group: Value = client
+        .get(format!("{}/api/v1/groups/{id}", node.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let frames = group["latest"]["threads"][0]["frames"].as_array().unwrap();
     assert_eq!(frames[0]["status"], "symbolicated");
     assert!(frames.iter().any(|f| f["function"] == "game_loop"));
-    assert!(frames.iter().any(|f| f["abs_path"].as_str().is_some_and(|p| p.ends_with("libgame.c"))));
-    let missing = client.get(format!("{}/api/v1/groups/0000000000000000", node.url)).send().await.unwrap();
+    assert!(frames.iter().any(|f| f["abs_path"]
+        .as_str()
+        .is_some_and(|p| p.ends_with("libgame.c"))));
+    let missing = client
+        .get(format!("{}/api/v1/groups/0000000000000000", node.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
 
     // Every accepted crash reached the sink.
@@ -168,9 +238,15 @@ async fn posted_crashes_are_counted_exactly_and_leave_the_window_after_five_minu
     // Window expiry: the first second (accepted at t0) still counts at t0+299, not at t0+300.
     // The clock now stands at t0+3.
     node.clock.advance_ms(296_000);
-    assert_eq!(stats(&client, &node.url).await["stats"]["total"], truth.total);
+    assert_eq!(
+        stats(&client, &node.url).await["stats"]["total"],
+        truth.total
+    );
     node.clock.advance_ms(1000);
-    assert_eq!(stats(&client, &node.url).await["stats"]["total"], truth.total - 310);
+    assert_eq!(
+        stats(&client, &node.url).await["stats"]["total"],
+        truth.total - 310
+    );
     node.clock.advance_ms(2000);
     assert_eq!(stats(&client, &node.url).await["stats"]["total"], 1);
     node.clock.advance_ms(1000);
@@ -179,7 +255,10 @@ async fn posted_crashes_are_counted_exactly_and_leave_the_window_after_five_minu
 }
 
 fn error_of(body: &Value) -> (&str, Option<&str>) {
-    (body["error"]["code"].as_str().unwrap(), body["error"]["field"].as_str())
+    (
+        body["error"]["code"].as_str().unwrap(),
+        body["error"]["field"].as_str(),
+    )
 }
 
 /// Rule: bad input gets the right status and a JSON error naming the problem, is counted, and
@@ -198,7 +277,13 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     let good = make_event(&crasher, 1, &mut truth);
 
     // Malformed JSON.
-    let r = client.post(&url).header("content-type", "application/json").body("{\"event_id\": ").send().await.unwrap();
+    let r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"event_id\": ")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     assert_eq!(error_of(&body), ("invalid_json", Some("$")));
@@ -209,14 +294,26 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     let r = post(&client, &node.url, &json!([good.clone(), bad])).await;
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(error_of(&body), ("invalid_event", Some("[1].threads[0].frames[1].instruction_addr")));
-    assert!(body["error"]["message"].as_str().unwrap().contains("expected a hex string"));
+    assert_eq!(
+        error_of(&body),
+        (
+            "invalid_event",
+            Some("[1].threads[0].frames[1].instruction_addr")
+        )
+    );
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("expected a hex string"));
 
     // A frame referencing a module the event does not have.
     let mut bad = good.clone();
     bad["threads"][0]["frames"][1]["addr_mode"] = json!("rel:3");
     let body: Value = post(&client, &node.url, &bad).await.json().await.unwrap();
-    assert_eq!(error_of(&body), ("invalid_event", Some("threads[0].frames[1].addr_mode")));
+    assert_eq!(
+        error_of(&body),
+        ("invalid_event", Some("threads[0].frames[1].addr_mode"))
+    );
 
     // Oversize body (plain, and a gzip bomb that only exceeds the limit once decompressed).
     let big = json!(vec![good.clone(); 200]);
@@ -225,17 +322,47 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     assert_eq!(error_of(&r.json().await.unwrap()).0, "too_large");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&vec![b' '; 1 << 20]).unwrap();
-    let r = client.post(&url).header("content-type", "application/json").header("content-encoding", "gzip").body(gz.finish().unwrap()).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gz.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
-    let r = client.post(&url).header("content-type", "application/json").header("content-encoding", "gzip").body("not gzip").send().await.unwrap();
+    let r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body("not gzip")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(error_of(&r.json().await.unwrap()).0, "bad_encoding");
 
     // Unsupported content type and encoding.
-    let r = client.post(&url).header("content-type", "text/plain").body(good.to_string()).send().await.unwrap();
+    let r = client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body(good.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
-    assert_eq!(error_of(&r.json().await.unwrap()).0, "unsupported_media_type");
-    let r = client.post(&url).header("content-type", "application/json").header("content-encoding", "br").body(good.to_string()).send().await.unwrap();
+    assert_eq!(
+        error_of(&r.json().await.unwrap()).0,
+        "unsupported_media_type"
+    );
+    let r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("content-encoding", "br")
+        .body(good.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
 
     // Overload: a batch larger than the whole queue is refused with 429 and Retry-After.
@@ -245,21 +372,60 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     assert_eq!(error_of(&r.json().await.unwrap()).0, "overloaded");
 
     // A bad debug file upload names the reason.
-    let r = client.put(format!("{}/api/v1/debug-files/garbage.so", node.url)).body(vec![0u8; 300]).send().await.unwrap();
+    let r = client
+        .put(format!("{}/api/v1/debug-files/garbage.so", node.url))
+        .body(vec![0u8; 300])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     assert_eq!(error_of(&body).0, "invalid_debug_file");
-    assert!(body["error"]["message"].as_str().unwrap().contains("garbage.so"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("garbage.so"));
 
     // Still serving: a good event is accepted and processed, health is fine.
     assert_eq!(post(&client, &node.url, &good).await.status(), 202);
     node.drained(1).await;
-    assert_eq!(client.get(format!("{}/healthz", node.url)).send().await.unwrap().status(), 200);
-    assert_eq!(client.get(format!("{}/readyz", node.url)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", node.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{}/readyz", node.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // Every rejection was counted by reason.
-    let metrics = client.get(format!("{}/metrics", node.url)).send().await.unwrap().text().await.unwrap();
-    for (reason, n) in [("invalid_json", 1), ("invalid_event", 2), ("too_large", 2), ("bad_encoding", 1), ("unsupported_media_type", 1), ("unsupported_encoding", 1), ("overloaded", 51)] {
+    let metrics = client
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (reason, n) in [
+        ("invalid_json", 1),
+        ("invalid_event", 2),
+        ("too_large", 2),
+        ("bad_encoding", 1),
+        ("unsupported_media_type", 1),
+        ("unsupported_encoding", 1),
+        ("overloaded", 51),
+    ] {
         let line = format!("crashgrid_rejected_total{{reason=\"{reason}\"}} {n}");
         assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
     }
@@ -271,9 +437,18 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
 
 async fn next_snapshot<S>(ws: &mut S) -> Value
 where
-    S: futures_util::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
 {
-    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a snapshot within 10 s").unwrap().unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a snapshot within 10 s")
+        .unwrap()
+        .unwrap();
     serde_json::from_str::<Value>(msg.to_text().unwrap()).unwrap()
 }
 
@@ -289,7 +464,9 @@ async fn the_websocket_sends_a_snapshot_on_connect_and_then_every_publish() {
     assert_eq!(first["node"], "test-node");
     let client = reqwest::Client::new();
     let mut truth = Truth::default();
-    let events: Vec<Value> = (0..25).map(|i| make_event(&crasher, i, &mut truth)).collect();
+    let events: Vec<Value> = (0..25)
+        .map(|i| make_event(&crasher, i, &mut truth))
+        .collect();
     assert_eq!(post(&client, &node.url, &json!(events)).await.status(), 202);
     node.drained(25).await;
     // Published snapshots arrive every 100 ms; one of the next few shows the 25 crashes.
@@ -316,7 +493,9 @@ async fn shutdown_finishes_every_accepted_event() {
     let mut truth = Truth::default();
     let mut accepted = 0;
     for b in 0..10 {
-        let events: Vec<Value> = (0..100).map(|i| make_event(&crasher, b * 100 + i, &mut truth)).collect();
+        let events: Vec<Value> = (0..100)
+            .map(|i| make_event(&crasher, b * 100 + i, &mut truth))
+            .collect();
         if post(&client, &node.url, &json!(events)).await.status() == 202 {
             accepted += 100;
         }
@@ -325,6 +504,13 @@ async fn shutdown_finishes_every_accepted_event() {
     let n = node.node.clone();
     let dir = node.stop().await;
     let sink = dir.path().join("crashes.jsonl");
-    assert_eq!(n.metrics().processed.get(), accepted, "processed {processed_before_stop} before the stop");
-    assert_eq!(std::fs::read_to_string(sink).unwrap().lines().count() as u64, accepted);
+    assert_eq!(
+        n.metrics().processed.get(),
+        accepted,
+        "processed {processed_before_stop} before the stop"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sink).unwrap().lines().count() as u64,
+        accepted
+    );
 }

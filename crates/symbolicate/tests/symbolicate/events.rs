@@ -75,7 +75,8 @@ fn timestamps_in_unix_seconds_and_with_offsets() {
 /// Rule: an invalid event yields an error naming the field.
 #[test]
 fn every_rejection_names_its_field() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+    type Mutation = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         (
             "event_id",
             Box::new(|v| {

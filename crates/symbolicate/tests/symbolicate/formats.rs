@@ -1398,7 +1398,6 @@ fn truncated_macho_pdb_and_pe_are_refused() {
 /// executable overwrites the dSYM while the index still says `has_debug_info: true` for that
 /// path; lookups then lose files, lines and inline frames.
 #[test]
-#[ignore = "src/store.rs add_bytes overwrites a stored dSYM with a same-named executable"]
 fn a_same_named_executable_does_not_replace_the_stored_dsym() {
     let m = build_macho();
     let uuids = dwarfdump_uuids(&m.fat_dsym);
