@@ -232,38 +232,20 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn parse_events(body: &[u8]) -> Result<Vec<CrashEvent>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError {
-        field: Some("$".into()),
-        ..ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })?;
-    let invalid = |e: symbolicate::EventError| ApiError {
-        field: Some(e.field.clone()),
-        ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_event", e.to_string())
-    };
-    match &value {
-        Value::Array(items) => {
-            if items.is_empty() {
-                return Err(ApiError {
-                    field: Some("$".into()),
-                    ..ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_event",
-                        "the batch is empty",
-                    )
-                });
-            }
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| CrashEvent::from_value_at(v, &format!("[{i}]")).map_err(invalid))
-                .collect()
+    CrashEvent::parse_batch(body).map_err(|e| {
+        let (code, message) = if e.is_syntax() {
+            (
+                "invalid_json",
+                format!("the body is not valid JSON: {}", e.problem),
+            )
+        } else {
+            ("invalid_event", e.to_string())
+        };
+        ApiError {
+            field: Some(e.field.clone()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, code, message)
         }
-        _ => Ok(vec![CrashEvent::from_value(&value).map_err(invalid)?]),
-    }
+    })
 }
 
 async fn post_crashes(

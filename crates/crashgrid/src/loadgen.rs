@@ -260,7 +260,10 @@ impl fmt::Display for LoadgenReport {
         writeln!(f, "  distinct users {:>10}", self.truth.distinct_users())?;
         match &self.lag {
             Some(lag) => writeln!(f, "  server         {lag}")?,
-            None => writeln!(f, "  server         backlog not reported")?,
+            None => writeln!(
+                f,
+                "  server         backlog unavailable (no answer from /api/v1/stats)"
+            )?,
         }
         if self.server_accepted != self.accepted {
             writeln!(

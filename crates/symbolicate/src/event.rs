@@ -33,12 +33,23 @@ pub struct EventError {
 }
 
 impl EventError {
-    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+    /// Whether the text was not JSON at all (as opposed to JSON that is not a valid event).
+    pub fn is_syntax(&self) -> bool {
+        self.field == "$" && self.problem.starts_with(SYNTAX_PREFIX)
+    }
+
+    pub(crate) fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             problem: problem.into(),
         }
     }
+}
+
+const SYNTAX_PREFIX: &str = "not valid JSON";
+
+fn syntax_error(e: serde_json::Error) -> EventError {
+    EventError::new("$", format!("{SYNTAX_PREFIX}: {e}"))
 }
 
 /// The application that crashed.
@@ -290,14 +301,7 @@ impl<'a> Obj<'a> {
 /// Reads an address or size: a `0x`-prefixed hex string, or a non-negative JSON integer.
 fn parse_addr(v: &Value) -> Result<u64, String> {
     match v {
-        Value::String(s) => {
-            let hex = s
-                .strip_prefix("0x")
-                .or_else(|| s.strip_prefix("0X"))
-                .ok_or_else(|| format!("expected a hex string like \"0x1a2b\", found {s:?}"))?;
-            u64::from_str_radix(hex, 16)
-                .map_err(|_| format!("{s:?} is not a 64-bit hexadecimal number"))
-        }
+        Value::String(s) => parse_hex(s),
         Value::Number(n) => n
             .as_u64()
             .ok_or_else(|| format!("{n} is not a non-negative integer")),
@@ -306,6 +310,21 @@ fn parse_addr(v: &Value) -> Result<u64, String> {
             type_name(other)
         )),
     }
+}
+
+/// Reads a `0x`-prefixed hex string.
+pub(crate) fn parse_hex(s: &str) -> Result<u64, String> {
+    let hex = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .ok_or_else(|| format!("expected a hex string like \"0x1a2b\", found {s:?}"))?;
+    u64::from_str_radix(hex, 16).map_err(|_| format!("{s:?} is not a 64-bit hexadecimal number"))
+}
+
+/// Unix seconds as accepted in `timestamp` (finite, from 1970 to before the year 3000) to ms.
+pub(crate) fn seconds_to_ms(secs: f64) -> Option<i64> {
+    (secs.is_finite() && (0.0..32_503_680_000.0).contains(&secs))
+        .then(|| (secs * 1000.0).round() as i64)
 }
 
 /// Parses an RFC 3339 timestamp (`2026-11-25T09:30:00.250Z`, `...+02:00`) to Unix milliseconds.
@@ -367,13 +386,10 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
 
 fn parse_timestamp(v: &Value) -> Result<i64, String> {
     match v {
-        Value::Number(n) => {
-            let secs = n
-                .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 32_503_680_000.0)
-                .ok_or_else(|| format!("{n} is not a Unix time in seconds"))?;
-            Ok((secs * 1000.0).round() as i64)
-        }
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(seconds_to_ms)
+            .ok_or_else(|| format!("{n} is not a Unix time in seconds")),
         Value::String(s) => {
             parse_rfc3339(s).ok_or_else(|| format!("{s:?} is not an RFC 3339 timestamp"))
         }
@@ -386,10 +402,36 @@ fn parse_timestamp(v: &Value) -> Result<i64, String> {
 
 impl CrashEvent {
     /// Parses and validates an event from JSON text.
+    ///
+    /// Valid events take a typed fast path (no intermediate JSON tree); anything the fast path
+    /// does not accept outright is parsed again by the field-by-field validation, which is
+    /// the authority and names the offending field. Both apply the same rules.
     pub fn from_json(text: &[u8]) -> Result<Self, EventError> {
-        let value: Value = serde_json::from_slice(text)
-            .map_err(|e| EventError::new("$", format!("not valid JSON: {e}")))?;
+        if let Some(event) = crate::fast::event(text) {
+            return Ok(event);
+        }
+        let value: Value = serde_json::from_slice(text).map_err(syntax_error)?;
         Self::from_value(&value)
+    }
+
+    /// Parses a request body holding one event or a non-empty JSON array of events. Errors in
+    /// an array name the event by index (`[3].threads[0]...`). All or nothing.
+    pub fn parse_batch(text: &[u8]) -> Result<Vec<Self>, EventError> {
+        if let Some(events) = crate::fast::batch(text) {
+            return Ok(events);
+        }
+        let value: Value = serde_json::from_slice(text).map_err(syntax_error)?;
+        match &value {
+            Value::Array(items) if items.is_empty() => {
+                Err(EventError::new("$", "the batch is empty"))
+            }
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Self::from_value_at(v, &format!("[{i}]")))
+                .collect(),
+            _ => Ok(vec![Self::from_value(&value)?]),
+        }
     }
 
     /// Validates an already parsed JSON value. `path` prefixes field names in errors (e.g.

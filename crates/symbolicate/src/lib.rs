@@ -18,6 +18,7 @@
 mod cache;
 mod clock;
 mod event;
+mod fast;
 mod frames;
 mod object;
 mod store;

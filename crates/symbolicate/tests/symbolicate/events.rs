@@ -27,10 +27,32 @@ pub fn valid() -> serde_json::Value {
     })
 }
 
+/// Rejects through both paths: the JSON-tree validation and `from_json` (typed fast path with
+/// fallback) must give the same error, alone and inside a batch.
 fn reject(mutate: impl FnOnce(&mut serde_json::Value)) -> EventError {
     let mut v = valid();
     mutate(&mut v);
-    CrashEvent::from_value(&v).expect_err("the event must be rejected")
+    let err = CrashEvent::from_value(&v).expect_err("the event must be rejected");
+    let text = serde_json::to_vec(&v).unwrap();
+    assert_eq!(
+        CrashEvent::from_json(&text).unwrap_err(),
+        err,
+        "from_json disagrees"
+    );
+    assert_eq!(
+        CrashEvent::parse_batch(&text).unwrap_err(),
+        err,
+        "parse_batch disagrees"
+    );
+    let batch = serde_json::to_vec(&json!([valid(), v])).unwrap();
+    let in_batch = CrashEvent::parse_batch(&batch).unwrap_err();
+    let want = if err.field == "$" {
+        "[1]".to_string()
+    } else {
+        format!("[1].{}", err.field)
+    };
+    assert_eq!(in_batch.field, want);
+    err
 }
 
 #[test]
@@ -48,6 +70,35 @@ fn a_valid_event_parses_with_every_field() {
     assert_eq!(e.threads[0].frames[0].addr_mode, AddrMode::Abs);
     assert_eq!(e.threads[0].frames[1].addr_mode, AddrMode::Rel(1));
     assert_eq!(e.threads[0].frames[1].instruction_addr, 0x10);
+}
+
+/// Rule: the typed fast path and the field-by-field validation accept the same events alike.
+#[test]
+fn both_parsing_paths_give_the_same_event() {
+    let text = serde_json::to_vec(&valid()).unwrap();
+    let slow = CrashEvent::from_value(&valid()).unwrap();
+    assert_eq!(CrashEvent::from_json(&text).unwrap(), slow);
+    let batch = serde_json::to_vec(&json!([valid(), valid()])).unwrap();
+    assert_eq!(
+        CrashEvent::parse_batch(&batch).unwrap(),
+        vec![slow.clone(), slow.clone()]
+    );
+    // Escaped strings (not borrowable) and nulls as absent values.
+    let mut v = valid();
+    v["app"]["id"] = json!("com.example.\"quoted\"\u{e9}\n");
+    v["device"] = json!(null);
+    v["threads"][0]["crashed"] = json!(null);
+    let text = serde_json::to_vec(&v).unwrap();
+    assert_eq!(
+        CrashEvent::from_json(&text).unwrap(),
+        CrashEvent::from_value(&v).unwrap()
+    );
+    let err = CrashEvent::parse_batch(b"[]").unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.problem.as_str()),
+        ("$", "the batch is empty")
+    );
+    assert!(CrashEvent::parse_batch(b"[{").unwrap_err().is_syntax());
 }
 
 #[test]
