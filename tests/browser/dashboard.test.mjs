@@ -126,7 +126,7 @@ test('dashboard shows live statistics, group details, and reconnects', { timeout
   await waitReady(base, server);
 
   const loadgenStarted = Date.now();
-  const loadgen = start('loadgen', ['loadgen', '--url', base, '--rate', '200', '--duration', '60', '--upload']);
+  const loadgen = start('loadgen', ['loadgen', '--url', base, '--rate', '200', '--duration', '60']);
 
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
   const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });

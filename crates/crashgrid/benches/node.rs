@@ -108,12 +108,12 @@ fn main() {
             node_id: Some("bench".into()),
             data_dir: Some(dir.path().join("node")),
             sink: Some("none".into()),
-            in_app: Some(vec![
-                "libgame*".into(),
-                "libil2cpp*".into(),
-                "libnetcode*".into(),
-                "libmain*".into(),
-            ]),
+            in_app: Some(
+                crashgrid::up::DEMO_IN_APP
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
+            ),
             queue_capacity: Some(50_000),
             max_body_bytes: Some(16 << 20),
             ..Default::default()

@@ -91,11 +91,11 @@ enum Command {
         /// Random seed (same seed, same traffic).
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Upload the demo debug files first.
-        #[arg(long)]
+        /// Upload the demo debug files first (`--upload false` to skip).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         upload: bool,
-        /// Compress request bodies with gzip.
-        #[arg(long)]
+        /// Compress request bodies with gzip (`--gzip false` to send plain JSON).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         gzip: bool,
     },
 }

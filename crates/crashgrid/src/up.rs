@@ -13,6 +13,17 @@ use crate::config::ServeArgs;
 use crate::loadgen::{self, LoadgenConfig};
 use crate::server::{serve, shutdown_signal};
 
+/// The demo world's own code (see `demo.rs`): the game, its il2cpp runtime, its netcode and
+/// the Android launcher library; on iOS the app binary and Unity framework.
+pub const DEMO_IN_APP: &[&str] = &[
+    "libgame*",
+    "libil2cpp*",
+    "libnetcode*",
+    "libmain*",
+    "GameApp*",
+    "UnityFramework*",
+];
+
 /// Runs the demo until Ctrl-C (or `duration`).
 pub async fn run(port: u16, rate: u32, duration: Option<Duration>) -> anyhow::Result<()> {
     let data = tempfile::Builder::new()
@@ -34,23 +45,22 @@ pub async fn run(port: u16, rate: u32, duration: Option<Duration>) -> anyhow::Re
             "file:{}",
             data.path().join("crashes.jsonl").display()
         )),
-        in_app: Some(vec!["libgame*".into()]),
+        in_app: Some(DEMO_IN_APP.iter().map(|p| p.to_string()).collect()),
         ..Default::default()
     }
     .resolve()?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
+    // The traffic stops first (so its report can still read the node's backlog), then the node.
+    let (stop_server, server_rx) = watch::channel(false);
+    let (stop_traffic, traffic_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
     };
     let server = tokio::spawn(serve(
         settings,
         listener,
         Arc::new(SystemWallClock),
-        stopped(),
+        stopped(server_rx),
         |_| {},
     ));
     let url = format!("http://{addr}");
@@ -66,18 +76,19 @@ pub async fn run(port: u16, rate: u32, duration: Option<Duration>) -> anyhow::Re
         upload: true,
         ..LoadgenConfig::default()
     };
-    let traffic = tokio::spawn(loadgen::run(cfg, stopped()));
+    let traffic = tokio::spawn(loadgen::run(cfg, stopped(traffic_rx)));
     tokio::select! {
         _ = shutdown_signal() => {}
         _ = async { match duration { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {}
     }
     println!("stopping…");
-    let _ = stop_tx.send(true);
+    let _ = stop_traffic.send(true);
     match traffic.await {
         Ok(Ok(report)) => println!("{report}"),
         Ok(Err(e)) => eprintln!("demo traffic failed: {e:#}"),
         Err(e) => eprintln!("demo traffic task failed: {e}"),
     }
+    let _ = stop_server.send(true);
     server.await.context("server task")??;
     Ok(())
 }
