@@ -496,19 +496,7 @@ impl Node {
 
     /// The current backlog figures.
     pub fn backlog(&self) -> BacklogView {
-        let inner = &self.inner;
-        let avg = inner
-            .window
-            .lock()
-            .snapshot(inner.clock.now_secs())
-            .symbolication_time_us
-            .avg;
-        BacklogView {
-            unacked: inner.backlog.unacked() as u64,
-            oldest_unacked_age_ms: inner.backlog.oldest_age_ms(inner.clock.now_ms()),
-            avg_symbolication_us: avg.unwrap_or(0.0),
-            queue_capacity: inner.backlog.capacity as u64,
-        }
+        self.snapshot().backlog
     }
 
     /// The cluster as this node sees it (one node until clustering lands).
