@@ -187,7 +187,38 @@ fn language_name(lang: Language) -> &'static str {
 /// the bytes live as long as the memo). C++ demangling costs microseconds; hot frames repeat.
 #[derive(Debug, Default)]
 pub(crate) struct NameMemo {
-    functions: RwLock<HashMap<(usize, usize), Names>>,
+    functions: RwLock<HashMap<(usize, usize), Names, BuildMix>>,
+}
+
+/// A cheap hasher for the memo's two-word keys (addresses; no untrusted input reaches it).
+#[derive(Debug, Default, Clone, Copy)]
+struct BuildMix;
+
+#[derive(Default)]
+struct Mix(u64);
+
+impl std::hash::Hasher for Mix {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+impl std::hash::BuildHasher for BuildMix {
+    type Hasher = Mix;
+    fn build_hasher(&self) -> Mix {
+        Mix::default()
+    }
 }
 
 /// A function's demangled and raw name.
@@ -318,6 +349,22 @@ impl Symbolicator {
     /// Looks up a module-relative address (already adjusted) in the debug file `debug_id`.
     pub fn lookup(&self, debug_id: &DebugId, addr: u64) -> Result<Vec<SourceFrame>, CacheError> {
         self.caches.get(debug_id)?.lookup(addr)
+    }
+
+    /// Looks up many module-relative addresses of one debug file (one SymCache fetch and parse
+    /// for all of them); answers in the order asked.
+    pub fn lookup_many(
+        &self,
+        debug_id: &DebugId,
+        addrs: &[u64],
+    ) -> Result<Vec<Vec<SourceFrame>>, CacheError> {
+        let cache = self.caches.get(debug_id)?;
+        cache.with(|sc| {
+            addrs
+                .iter()
+                .map(|a| lookup_in(sc, &cache.names, *a))
+                .collect()
+        })
     }
 
     /// Symbolicates every frame of every thread of `event`. Blocking and CPU-bound.

@@ -203,6 +203,28 @@ fn c_program_agrees_with_llvm_symbolizer_including_inline_chains() {
     );
 }
 
+/// Rule: a batched lookup answers exactly what one-address lookups answer, in order.
+#[test]
+fn batched_lookups_equal_single_lookups() {
+    let built = build("cc", "c", C_SOURCE);
+    let addrs = own_addresses(&built.binary, &["_start"]);
+    let batched = built
+        .symbolicator
+        .lookup_many(&built.debug_id, &addrs)
+        .unwrap();
+    assert_eq!(batched.len(), addrs.len());
+    for (a, frames) in addrs.iter().zip(&batched) {
+        assert_eq!(
+            frames,
+            &built.symbolicator.lookup(&built.debug_id, *a).unwrap()
+        );
+    }
+    assert!(
+        batched.iter().any(|f| f.len() > 1),
+        "inline chains included"
+    );
+}
+
 #[test]
 fn cpp_program_agrees_with_llvm_symbolizer_with_demangled_names() {
     let built = build("c++", "cpp", CPP_SOURCE);
