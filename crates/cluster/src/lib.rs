@@ -27,10 +27,37 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod discovery;
 mod election;
+mod grid;
+mod kube;
+mod membership;
+mod rpc;
+mod runtime;
 
 pub use election::{
     spawn_elector, spawn_elector_with, Action, BoxFuture, ElectionConfig, Elector, ElectorHandle,
     EpochFence, FileLease, Leadership, LeaseBackend, LeaseError, LeaseRecord, MemoryFault,
     MemoryLease, MicroTime, StaleEpoch, Version, JITTER_FACTOR,
+};
+pub use discovery::{dns_peers, static_peers, DiscoveryError, DiscoveryHandle, PeerSet};
+pub use crate::kube::{
+    kubernetes_peers, namespace_from_env, KubeDiscoveryConfig, KubeLease, KubeSource,
+    SERVICE_ACCOUNT_NAMESPACE_FILE,
+};
+pub use grid::{
+    assign, key_hash, partition_of, plan_leave, plan_migration, rendezvous_weight, Clock, Cursor,
+    Grid, GridConfig, GridError, GridKey, GridStats, GridStatsSnapshot, GridValue, Inserted,
+    LatencyHistogram, LeaveReport, ManualClock, MigrationPlan, PartitionTable, Push, Safety,
+    StableHasher, Store, SystemClock, Transfer, WireEntry, ENTRY_OVERHEAD,
+};
+pub use membership::{Heartbeat, Member, MemberList, Membership, MembershipConfig, NodeInfo};
+pub use rpc::{
+    call_json, call_with_retry, decode_json, encode_json, serve as serve_rpc, Handler,
+    MemoryNetwork, MemoryTransport, RetryPolicy, RpcConfig, RpcError, RpcStats, TcpTransport,
+    Transport,
+};
+pub use runtime::{
+    Cluster, ClusterConfig, ClusterError, ClusterEvent, ClusterState, LeaseTimings, Transition,
+    HEARTBEAT_METHOD, TRANSITIONS_KEPT,
 };

@@ -63,6 +63,163 @@ pub struct ServeArgs {
     /// [default: 200000]
     #[arg(long, env = "CRASHGRID_FRAME_CACHE_ENTRIES")]
     pub frame_cache_entries: Option<usize>,
+
+    // --- clustering (docs/architecture.md, "Cluster") ---
+    /// Address of the internal pod-to-pod RPC server [default: 0.0.0.0:7946]
+    #[arg(long, env = "CRASHGRID_RPC_LISTEN")]
+    pub rpc_listen: Option<SocketAddr>,
+    /// host:port peers use to reach this node's RPC [default: $POD_IP, else 127.0.0.1, with
+    /// the RPC port]
+    #[arg(long, env = "CRASHGRID_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Shared cluster secret (at least 16 bytes); prefer --cluster-secret-file
+    #[arg(long, env = "CRASHGRID_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// File holding the shared cluster secret (trailing newline ignored)
+    #[arg(long, env = "CRASHGRID_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// How peers are found: none (a single node), static, dns or kubernetes [default: none]
+    #[arg(long, env = "CRASHGRID_DISCOVERY")]
+    pub discovery: Option<String>,
+    /// Static discovery: peers' RPC addresses, comma-separated host:port
+    #[arg(long, env = "CRASHGRID_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// DNS discovery: <headless-service>.<namespace>.svc.cluster.local:<rpc port>
+    #[arg(long, env = "CRASHGRID_DNS_NAME")]
+    pub dns_name: Option<String>,
+    /// Seconds between DNS re-resolutions [default: 5]
+    #[arg(long, env = "CRASHGRID_DNS_INTERVAL_SECS")]
+    pub dns_interval_secs: Option<u64>,
+    /// Kubernetes discovery: the Service whose EndpointSlices list the pods (port named "rpc")
+    #[arg(long, env = "CRASHGRID_K8S_SERVICE")]
+    pub k8s_service: Option<String>,
+    /// Kubernetes discovery: a pod label selector instead of a Service (e.g. app=crashgrid)
+    #[arg(long, env = "CRASHGRID_K8S_SELECTOR")]
+    pub k8s_selector: Option<String>,
+    /// Kubernetes namespace [default: $POD_NAMESPACE, else the service account's namespace]
+    #[arg(long, env = "CRASHGRID_K8S_NAMESPACE")]
+    pub k8s_namespace: Option<String>,
+    /// Leader election backend: none (this node leads alone), file or kubernetes
+    /// [default: none without discovery, kubernetes with kubernetes or dns discovery]
+    #[arg(long, env = "CRASHGRID_LEASE")]
+    pub lease: Option<String>,
+    /// Name of the Lease object (kubernetes) [default: crashgrid-leader]
+    #[arg(long, env = "CRASHGRID_LEASE_NAME")]
+    pub lease_name: Option<String>,
+    /// Lease file shared by the local processes (file backend)
+    #[arg(long, env = "CRASHGRID_LEASE_FILE")]
+    pub lease_file: Option<PathBuf>,
+    /// leaseDuration in milliseconds [default: 15000, as client-go and Camel]
+    #[arg(long, env = "CRASHGRID_LEASE_DURATION_MS")]
+    pub lease_duration_ms: Option<u64>,
+    /// Renew deadline in milliseconds [default: 10000]
+    #[arg(long, env = "CRASHGRID_RENEW_DEADLINE_MS")]
+    pub renew_deadline_ms: Option<u64>,
+    /// Retry period in milliseconds [default: 2000]
+    #[arg(long, env = "CRASHGRID_RETRY_PERIOD_MS")]
+    pub retry_period_ms: Option<u64>,
+    /// Milliseconds between heartbeats to each peer [default: 500]
+    #[arg(long, env = "CRASHGRID_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// A peer silent for this many milliseconds leaves the member list [default: 2000]
+    #[arg(long, env = "CRASHGRID_FAILURE_TIMEOUT_MS")]
+    pub failure_timeout_ms: Option<u64>,
+    /// Seconds allowed on SIGTERM to hand this node's data to the others [default: 20]
+    #[arg(long, env = "CRASHGRID_LEAVE_TIMEOUT_SECS")]
+    pub leave_timeout_secs: Option<u64>,
+
+    // --- NATS JetStream source (src/nats.rs) ---
+    /// NATS server URL(s), comma-separated, of the JetStream source, e.g. nats://nats:4222;
+    /// the source is off when unset [default: unset]
+    #[arg(long, env = "CRASHGRID_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// JetStream stream holding crash messages [default: CRASHES]
+    #[arg(long, env = "CRASHGRID_NATS_STREAM")]
+    pub nats_stream: Option<String>,
+    /// Subject filter of the consumer [default: crashes.>]
+    #[arg(long, env = "CRASHGRID_NATS_SUBJECT")]
+    pub nats_subject: Option<String>,
+    /// Durable pull consumer shared by all pods [default: crashgrid]
+    #[arg(long, env = "CRASHGRID_NATS_CONSUMER")]
+    pub nats_consumer: Option<String>,
+    /// Seconds a delivered message may stay unacknowledged before redelivery [default: 30]
+    #[arg(long, env = "CRASHGRID_NATS_ACK_WAIT_SECS")]
+    pub nats_ack_wait_secs: Option<u64>,
+    /// Most messages delivered and unacknowledged over all pods [default: 10000]
+    #[arg(long, env = "CRASHGRID_NATS_MAX_ACK_PENDING")]
+    pub nats_max_ack_pending: Option<usize>,
+    /// Messages per pull request, 1-256 [default: 256]
+    #[arg(long, env = "CRASHGRID_NATS_BATCH")]
+    pub nats_batch: Option<usize>,
+    /// Subject poison messages are published to [default: crashgrid.dlq]
+    #[arg(long, env = "CRASHGRID_NATS_DLQ_SUBJECT")]
+    pub nats_dlq_subject: Option<String>,
+    /// Create the stream (and <stream>_DLQ) when missing; for development [default: false]
+    #[arg(long, env = "CRASHGRID_NATS_CREATE_STREAM", action = clap::ArgAction::Set)]
+    pub nats_create_stream: Option<bool>,
+}
+
+/// How peers are found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverySettings {
+    /// A fixed list of host:port.
+    Static(Vec<String>),
+    /// A DNS name (host:port) re-resolved periodically.
+    Dns {
+        /// host:port.
+        name: String,
+        /// Re-resolution period.
+        interval: Duration,
+    },
+    /// EndpointSlices of a Service (port named "rpc").
+    KubernetesService {
+        /// Namespace.
+        namespace: String,
+        /// Service name.
+        service: String,
+    },
+    /// Pods by label selector.
+    KubernetesPods {
+        /// Namespace.
+        namespace: String,
+        /// Label selector.
+        selector: String,
+    },
+}
+
+/// Where the leader lease lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseSettings {
+    /// A file shared by local processes.
+    File(PathBuf),
+    /// A `coordination.k8s.io/v1` Lease.
+    Kubernetes {
+        /// Namespace.
+        namespace: String,
+        /// Lease name.
+        name: String,
+    },
+}
+
+/// Resolved clustering settings; `None` in [`ServeSettings::cluster`] means a single node.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// RPC listen address.
+    pub rpc_listen: SocketAddr,
+    /// Advertised RPC address (`None`: derived once the RPC port is bound).
+    pub advertise: Option<String>,
+    /// The shared secret.
+    pub secret: Vec<u8>,
+    /// Peer discovery.
+    pub discovery: DiscoverySettings,
+    /// Lease backend.
+    pub lease: LeaseSettings,
+    /// Lease timings.
+    pub election: cluster::ElectionConfig,
+    /// Heartbeat timings.
+    pub membership: cluster::MembershipConfig,
+    /// Time allowed for the graceful hand-off on SIGTERM.
+    pub leave_timeout: Duration,
 }
 
 /// Resolved settings of a node.
@@ -76,6 +233,10 @@ pub struct ServeSettings {
     pub http: HttpConfig,
     /// Snapshot period.
     pub publish_interval: Duration,
+    /// Clustering; `None` runs a single node that leads itself.
+    pub cluster: Option<ClusterSettings>,
+    /// The NATS JetStream source, when `nats_url` is set.
+    pub nats: Option<crate::nats::NatsConfig>,
 }
 
 fn default_node_id() -> String {
@@ -111,12 +272,172 @@ impl ServeArgs {
             negative_ttl_secs,
             publish_interval_ms,
             max_groups,
-            frame_cache_entries
+            frame_cache_entries,
+            rpc_listen,
+            advertise,
+            cluster_secret,
+            cluster_secret_file,
+            discovery,
+            peers,
+            dns_name,
+            dns_interval_secs,
+            k8s_service,
+            k8s_selector,
+            k8s_namespace,
+            lease,
+            lease_name,
+            lease_file,
+            lease_duration_ms,
+            renew_deadline_ms,
+            retry_period_ms,
+            heartbeat_interval_ms,
+            failure_timeout_ms,
+            leave_timeout_secs,
+            nats_url,
+            nats_stream,
+            nats_subject,
+            nats_consumer,
+            nats_ack_wait_secs,
+            nats_max_ack_pending,
+            nats_batch,
+            nats_dlq_subject,
+            nats_create_stream
         )
+    }
+
+    /// The clustering part of [`resolve`](Self::resolve).
+    fn resolve_cluster(&self) -> anyhow::Result<Option<ClusterSettings>> {
+        let namespace = || -> anyhow::Result<String> {
+            self.k8s_namespace
+                .clone()
+                .or_else(cluster::namespace_from_env)
+                .context("k8s_namespace: not set, and neither POD_NAMESPACE nor a service account namespace file exists")
+        };
+        let discovery = match self.discovery.as_deref().unwrap_or("none") {
+            "none" => None,
+            "static" => {
+                let peers = self.peers.clone().unwrap_or_default();
+                anyhow::ensure!(
+                    !peers.is_empty(),
+                    "discovery static needs --peers host:port,..."
+                );
+                Some(DiscoverySettings::Static(peers))
+            }
+            "dns" => Some(DiscoverySettings::Dns {
+                name: self
+                    .dns_name
+                    .clone()
+                    .context("discovery dns needs --dns-name host:port")?,
+                interval: Duration::from_secs(self.dns_interval_secs.unwrap_or(5).max(1)),
+            }),
+            "kubernetes" => Some(match (&self.k8s_service, &self.k8s_selector) {
+                (Some(service), None) => DiscoverySettings::KubernetesService {
+                    namespace: namespace()?,
+                    service: service.clone(),
+                },
+                (None, Some(selector)) => DiscoverySettings::KubernetesPods {
+                    namespace: namespace()?,
+                    selector: selector.clone(),
+                },
+                _ => anyhow::bail!(
+                    "discovery kubernetes needs exactly one of --k8s-service or --k8s-selector"
+                ),
+            }),
+            other => anyhow::bail!(
+                "discovery: unknown backend {other:?} (none, static, dns, kubernetes)"
+            ),
+        };
+        let default_lease = match &discovery {
+            None => "none",
+            Some(DiscoverySettings::Static(_)) => "file",
+            Some(_) => "kubernetes",
+        };
+        let lease = match self.lease.as_deref().unwrap_or(default_lease) {
+            "none" => None,
+            "file" => Some(LeaseSettings::File(
+                self.lease_file
+                    .clone()
+                    .context("lease file needs --lease-file PATH")?,
+            )),
+            "kubernetes" => Some(LeaseSettings::Kubernetes {
+                namespace: namespace()?,
+                name: self
+                    .lease_name
+                    .clone()
+                    .unwrap_or_else(|| "crashgrid-leader".into()),
+            }),
+            other => anyhow::bail!("lease: unknown backend {other:?} (none, file, kubernetes)"),
+        };
+        let (discovery, lease) = match (discovery, lease) {
+            (None, None) => return Ok(None),
+            (Some(d), Some(l)) => (d, l),
+            (Some(_), None) => anyhow::bail!(
+                "a cluster (discovery other than none) needs a lease: several nodes cannot all lead"
+            ),
+            (None, Some(_)) => anyhow::bail!("a lease needs discovery of the peers (--discovery)"),
+        };
+        let secret = match (&self.cluster_secret, &self.cluster_secret_file) {
+            (Some(s), None) => s.as_bytes().to_vec(),
+            (None, Some(path)) => {
+                let mut bytes = std::fs::read(path)
+                    .with_context(|| format!("reading the cluster secret {}", path.display()))?;
+                while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                    bytes.pop();
+                }
+                bytes
+            }
+            (Some(_), Some(_)) => {
+                anyhow::bail!("give the cluster secret once: --cluster-secret or --cluster-secret-file")
+            }
+            (None, None) => anyhow::bail!(
+                "a cluster needs a shared secret: --cluster-secret-file (or CRASHGRID_CLUSTER_SECRET)"
+            ),
+        };
+        anyhow::ensure!(
+            secret.len() >= 16,
+            "the cluster secret must be at least 16 bytes"
+        );
+        let mut election = cluster::ElectionConfig::default();
+        if let Some(ms) = self.lease_duration_ms {
+            election.lease_duration = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.renew_deadline_ms {
+            election.renew_deadline = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.retry_period_ms {
+            election.retry_period = Duration::from_millis(ms);
+        }
+        election
+            .validate()
+            .map_err(|e| anyhow::anyhow!("lease timings: {e}"))?;
+        let mut membership = cluster::MembershipConfig::default();
+        if let Some(ms) = self.heartbeat_interval_ms {
+            membership.heartbeat_interval = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.failure_timeout_ms {
+            membership.failure_timeout = Duration::from_millis(ms);
+        }
+        membership
+            .validate()
+            .map_err(|e| anyhow::anyhow!("heartbeat timings: {e}"))?;
+        Ok(Some(ClusterSettings {
+            rpc_listen: self
+                .rpc_listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7946))),
+            advertise: self.advertise.clone(),
+            secret,
+            discovery,
+            lease,
+            election,
+            membership,
+            leave_timeout: Duration::from_secs(self.leave_timeout_secs.unwrap_or(20)),
+        }))
     }
 
     /// Applies defaults and checks the values.
     pub fn resolve(self) -> anyhow::Result<ServeSettings> {
+        let cluster = self.resolve_cluster()?;
+        let nats = self.resolve_nats()?;
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from("crashgrid-data"));
@@ -175,7 +496,46 @@ impl ServeArgs {
             node,
             http,
             publish_interval,
+            cluster,
+            nats,
         })
+    }
+
+    /// The NATS part of [`resolve`](Self::resolve): `None` without `nats_url`.
+    fn resolve_nats(&self) -> anyhow::Result<Option<crate::nats::NatsConfig>> {
+        let Some(url) = self.nats_url.clone() else {
+            return Ok(None);
+        };
+        let mut c = crate::nats::NatsConfig {
+            url,
+            ..Default::default()
+        };
+        if let Some(v) = &self.nats_stream {
+            c.stream = v.clone();
+        }
+        if let Some(v) = &self.nats_subject {
+            c.subject = v.clone();
+        }
+        if let Some(v) = &self.nats_consumer {
+            c.consumer = v.clone();
+        }
+        if let Some(v) = self.nats_ack_wait_secs {
+            c.ack_wait = Duration::from_secs(v);
+        }
+        if let Some(v) = self.nats_max_ack_pending {
+            c.max_ack_pending = v;
+        }
+        if let Some(v) = self.nats_batch {
+            c.batch = v;
+        }
+        if let Some(v) = &self.nats_dlq_subject {
+            c.dead_letter_subject = v.clone();
+        }
+        if let Some(v) = self.nats_create_stream {
+            c.create_stream = v;
+        }
+        c.validate().context("invalid NATS settings")?;
+        Ok(Some(c))
     }
 }
 

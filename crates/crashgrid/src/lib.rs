@@ -4,12 +4,15 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod clustering;
 pub mod config;
 pub mod demo;
 pub mod fingerprint;
 pub mod http;
 pub mod loadgen;
 pub mod metrics;
+pub mod nats;
 pub mod node;
 pub mod server;
+pub mod status;
 pub mod up;

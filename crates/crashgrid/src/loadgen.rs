@@ -96,7 +96,9 @@ const UPLOAD_ATTEMPTS: u32 = 5;
 /// Settings of a load-generation run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadgenConfig {
-    /// Base URL of a node, e.g. `http://127.0.0.1:8080`.
+    /// Base URL of a node, e.g. `http://127.0.0.1:8080`; several comma-separated URLs spread
+    /// the batches round-robin over the nodes (as a load-balanced Service would) and upload the
+    /// debug files to each.
     pub url: String,
     /// Events per second (0 = as fast as possible).
     pub rate: u32,
@@ -292,15 +294,23 @@ pub async fn run(
 ) -> anyhow::Result<LoadgenReport> {
     anyhow::ensure!(cfg.batch > 0, "the batch size must be at least 1");
     anyhow::ensure!(cfg.concurrency > 0, "the concurrency must be at least 1");
-    let base = cfg.url.trim_end_matches('/').to_string();
-    let parsed = reqwest::Url::parse(&base).with_context(|| format!("invalid URL {base:?}"))?;
-    anyhow::ensure!(
-        matches!(parsed.scheme(), "http" | "https"),
-        "the URL must be http(s): {base:?}"
-    );
+    let bases: Vec<String> = cfg
+        .url
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    anyhow::ensure!(!bases.is_empty(), "no URL given");
+    for base in &bases {
+        let parsed = reqwest::Url::parse(base).with_context(|| format!("invalid URL {base:?}"))?;
+        anyhow::ensure!(
+            matches!(parsed.scheme(), "http" | "https"),
+            "the URL must be http(s): {base:?}"
+        );
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
-    let work = drive(cfg, base, stop_rx, stop_tx.clone());
+    let work = drive(cfg, bases, stop_rx, stop_tx.clone());
     tokio::pin!(work);
     tokio::pin!(shutdown);
     tokio::select! {
@@ -346,7 +356,9 @@ struct Batch {
 /// What the workers share.
 struct Ctx {
     client: reqwest::Client,
-    crashes_url: String,
+    /// `POST /api/v1/crashes` of every target, used round-robin.
+    crashes_urls: Vec<String>,
+    next_url: AtomicU64,
     gzip: bool,
     counters: Counters,
     truth: Mutex<Truth>,
@@ -379,9 +391,11 @@ impl Ctx {
         loop {
             Counters::add(&self.counters.requests, 1);
             Counters::add(&self.counters.body_bytes, batch.body.len() as u64);
+            let i = self.next_url.fetch_add(1, Ordering::Relaxed) as usize;
+            let url = &self.crashes_urls[i % self.crashes_urls.len()];
             let mut request = self
                 .client
-                .post(&self.crashes_url)
+                .post(url)
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(batch.body.clone());
             if self.gzip {
@@ -744,7 +758,7 @@ async fn upload_all(
 
 async fn drive(
     cfg: LoadgenConfig,
-    base: String,
+    bases: Vec<String>,
     stop: watch::Receiver<bool>,
     stop_tx: Arc<watch::Sender<bool>>,
 ) -> anyhow::Result<LoadgenReport> {
@@ -759,15 +773,24 @@ async fn drive(
             .await
             .context("building the demo world")?,
     );
-    let (uploaded, upload_failed) = if cfg.upload {
-        upload_all(&client, &base, &world, cfg.concurrency, &stop).await?
-    } else {
-        (0, 0)
-    };
+    let (mut uploaded, mut upload_failed) = (0, 0);
+    if cfg.upload {
+        for base in &bases {
+            let (ok, failed) = upload_all(&client, base, &world, cfg.concurrency, &stop).await?;
+            uploaded += ok;
+            upload_failed += failed;
+        }
+    }
+    // Progress and the final backlog are read from the first target.
+    let base = bases[0].clone();
 
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        crashes_url: format!("{base}/api/v1/crashes"),
+        crashes_urls: bases
+            .iter()
+            .map(|b| format!("{b}/api/v1/crashes"))
+            .collect(),
+        next_url: AtomicU64::new(0),
         gzip: cfg.gzip,
         counters: Counters::default(),
         truth: Mutex::new(Truth::default()),

@@ -51,6 +51,15 @@ enum Command {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
         duration: Option<u64>,
+        /// Node processes (file lease, static discovery); 1 runs a single node in-process.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Print a node's view of the cluster (members, leader, epoch, lease, transitions).
+    Status {
+        /// Base URL of any node, e.g. http://127.0.0.1:8080
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
     },
     /// Symbolicate one crash event file and print it.
     Symbolicate {
@@ -159,11 +168,18 @@ fn main() -> anyhow::Result<()> {
             port,
             rate,
             duration,
+            nodes,
         } => runtime()?.block_on(crashgrid::up::run(
             port,
             rate,
             duration.map(Duration::from_secs),
+            nodes,
         )),
+        Command::Status { url } => {
+            let text = runtime()?.block_on(crashgrid::status::fetch(&url))?;
+            print!("{text}");
+            Ok(())
+        }
         Command::Loadgen {
             url,
             rate,

@@ -33,8 +33,11 @@ use symbolicate::{
 use tokio::sync::watch;
 
 use crate::clock::WallClock;
+use crate::clustering::{self, ClusterLink, ClusterView};
 use crate::fingerprint::{fingerprint, InApp};
 use crate::metrics::{Exposition, Metrics};
+
+mod exchange;
 
 /// Largest job handed to one worker.
 pub const JOB_EVENTS: usize = 64;
@@ -128,13 +131,30 @@ struct Job {
     events: Vec<CrashEvent>,
 }
 
+/// Called once when every event of a submitted batch is acknowledged (see
+/// [`Node::submit_with_ack`]).
+pub type AckCallback = Box<dyn FnOnce() + Send>;
+
+/// The jobs of one batch still unacknowledged, and what to call when none is left.
+struct AckGroup {
+    remaining: AtomicUsize,
+    callback: Mutex<Option<AckCallback>>,
+}
+
+/// One admitted job: when it was accepted, its event count, its batch's ack group.
+struct BacklogEntry {
+    accepted_ms: u64,
+    events: usize,
+    group: Option<Arc<AckGroup>>,
+}
+
 /// Admitted, not yet acknowledged events.
 struct Backlog {
     capacity: usize,
     inflight: AtomicUsize,
     next_seq: AtomicU64,
-    /// Job sequence → (accepted at, events): ordered, so the first is the oldest.
-    jobs: Mutex<BTreeMap<u64, (u64, usize)>>,
+    /// Job sequence → entry: ordered, so the first is the oldest.
+    jobs: Mutex<BTreeMap<u64, BacklogEntry>>,
 }
 
 impl Backlog {
@@ -146,15 +166,38 @@ impl Backlog {
             .is_ok()
     }
 
-    fn register(&self, accepted_ms: u64, n: usize) -> u64 {
+    fn register(&self, accepted_ms: u64, events: usize, group: Option<Arc<AckGroup>>) -> u64 {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        self.jobs.lock().insert(seq, (accepted_ms, n));
+        self.jobs.lock().insert(
+            seq,
+            BacklogEntry {
+                accepted_ms,
+                events,
+                group,
+            },
+        );
         seq
     }
 
+    /// Drops a job that will never be processed, without acknowledging its batch (a source
+    /// then redelivers it).
+    fn abandon(&self, seq: u64) {
+        if let Some(entry) = self.jobs.lock().remove(&seq) {
+            self.inflight.fetch_sub(entry.events, Ordering::AcqRel);
+        }
+    }
+
     fn ack(&self, seq: u64) {
-        if let Some((_, n)) = self.jobs.lock().remove(&seq) {
-            self.inflight.fetch_sub(n, Ordering::AcqRel);
+        let entry = self.jobs.lock().remove(&seq);
+        if let Some(entry) = entry {
+            self.inflight.fetch_sub(entry.events, Ordering::AcqRel);
+            if let Some(group) = entry.group {
+                if group.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    if let Some(callback) = group.callback.lock().take() {
+                        callback();
+                    }
+                }
+            }
         }
     }
 
@@ -167,7 +210,7 @@ impl Backlog {
             .lock()
             .values()
             .next()
-            .map(|(at, _)| now_ms.saturating_sub(*at))
+            .map(|e| now_ms.saturating_sub(e.accepted_ms))
             .unwrap_or(0)
     }
 }
@@ -250,7 +293,7 @@ struct SinkRecord<'a> {
 }
 
 /// The backlog figures the original team watched.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct BacklogView {
     /// Events accepted and not yet processed and acknowledged.
     pub unacked: u64,
@@ -262,32 +305,8 @@ pub struct BacklogView {
     pub queue_capacity: u64,
 }
 
-/// A member as shown on the dashboard's cluster panel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MemberView {
-    /// Node id.
-    pub id: String,
-    /// Address of its HTTP API.
-    pub address: String,
-    /// Whether it answers.
-    pub healthy: bool,
-    /// Whether it leads.
-    pub leader: bool,
-}
-
-/// The cluster as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ClusterView {
-    /// The leader's id.
-    pub leader: Option<String>,
-    /// Leader epoch (fencing token).
-    pub epoch: u64,
-    /// Members.
-    pub members: Vec<MemberView>,
-}
-
 /// Ingest counters in the snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct IngestView {
     /// Events accepted since start.
     pub accepted_total: u64,
@@ -298,7 +317,7 @@ pub struct IngestView {
 }
 
 /// What `/api/v1/stats` and the WebSocket deliver.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct NodeSnapshot {
     /// The node that produced it.
     pub node: String,
@@ -320,7 +339,7 @@ struct Inner {
     symbolicator: Symbolicator,
     in_app: InApp,
     clock: Arc<dyn WallClock>,
-    window: Mutex<Window>,
+    exchange: exchange::Exchange,
     groups: Mutex<Groups>,
     backlog: Backlog,
     metrics: Metrics,
@@ -328,6 +347,7 @@ struct Inner {
     sink: Sink,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     snapshots: watch::Sender<Arc<str>>,
+    cluster: std::sync::OnceLock<ClusterLink>,
 }
 
 /// A running node (cheap to clone; all clones share it).
@@ -376,7 +396,8 @@ impl Node {
             }
         };
         let now = clock.now_secs();
-        let window = Window::new(config.window.clone(), now).context("creating the window")?;
+        let exchange = exchange::Exchange::new(config.window.clone(), now)
+            .context("creating the statistics exchange")?;
         let workers = if config.workers == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -393,7 +414,7 @@ impl Node {
                 Arc::new(FrameCache::new(config.frame_cache_entries)),
             ),
             clock,
-            window: Mutex::new(window),
+            exchange,
             groups: Mutex::new(Groups {
                 map: HashMap::new(),
                 capacity: config.max_groups.max(1),
@@ -411,6 +432,7 @@ impl Node {
             snapshots,
             address,
             config,
+            cluster: std::sync::OnceLock::new(),
         });
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers {
@@ -460,6 +482,35 @@ impl Node {
 
     /// Admits a batch of valid events, whole or not at all.
     pub fn submit(&self, events: Vec<CrashEvent>) -> Result<usize, Overloaded> {
+        self.submit_inner(events, None)
+    }
+
+    /// Like [`submit`](Self::submit), and calls `on_ack` once every event of the batch is
+    /// acknowledged: counted in the statistics for good (today: merged into the window; with a
+    /// cluster: accepted by the leader). A source acknowledges its messages from there. An empty
+    /// batch is acknowledged at once; a refused one ([`Overloaded`]) never is.
+    pub fn submit_with_ack(
+        &self,
+        events: Vec<CrashEvent>,
+        on_ack: AckCallback,
+    ) -> Result<usize, Overloaded> {
+        if events.is_empty() {
+            on_ack();
+            return Ok(0);
+        }
+        let jobs = events.len().div_ceil(JOB_EVENTS);
+        let group = Arc::new(AckGroup {
+            remaining: AtomicUsize::new(jobs),
+            callback: Mutex::new(Some(on_ack)),
+        });
+        self.submit_inner(events, Some(group))
+    }
+
+    fn submit_inner(
+        &self,
+        events: Vec<CrashEvent>,
+        group: Option<Arc<AckGroup>>,
+    ) -> Result<usize, Overloaded> {
         let n = events.len();
         if n == 0 {
             return Ok(0);
@@ -476,7 +527,9 @@ impl Node {
         let mut events = events.into_iter().peekable();
         while events.peek().is_some() {
             let chunk: Vec<CrashEvent> = events.by_ref().take(JOB_EVENTS).collect();
-            let seq = inner.backlog.register(accepted_ms, chunk.len());
+            let seq = inner
+                .backlog
+                .register(accepted_ms, chunk.len(), group.clone());
             if sender
                 .send(Job {
                     seq,
@@ -485,8 +538,9 @@ impl Node {
                 })
                 .is_err()
             {
-                // Workers are gone (shutting down): nothing may be lost silently.
-                inner.backlog.ack(seq);
+                // Workers are gone (shutting down): nothing may be lost silently, and the
+                // batch is not acknowledged.
+                inner.backlog.abandon(seq);
                 tracing::error!("worker pool stopped while accepting a batch");
             }
         }
@@ -499,36 +553,59 @@ impl Node {
         self.snapshot().backlog
     }
 
-    /// The cluster as this node sees it (one node until clustering lands).
-    pub fn cluster(&self) -> ClusterView {
-        ClusterView {
-            leader: Some(self.inner.config.node_id.clone()),
-            epoch: 0,
-            members: vec![MemberView {
-                id: self.inner.config.node_id.clone(),
-                address: self.inner.address.clone(),
-                healthy: true,
-                leader: true,
-            }],
-        }
+    /// Joins this node to a running cluster (once; later calls are ignored) and serves the
+    /// `stats.*` RPC methods of the distributed statistics.
+    pub fn attach_cluster(&self, link: ClusterLink) {
+        link.cluster.register("stats", self.stats_service());
+        let _ = self.inner.cluster.set(link);
     }
 
-    /// Takes a snapshot now.
+    /// The cluster this node belongs to, if any.
+    pub fn cluster_link(&self) -> Option<&ClusterLink> {
+        self.inner.cluster.get()
+    }
+
+    /// The cluster as this node sees it (itself alone when it runs without a cluster).
+    pub fn cluster(&self) -> ClusterView {
+        clustering::view(
+            &self.inner.config.node_id,
+            &self.inner.address,
+            self.inner.cluster.get(),
+        )
+    }
+
+    /// The snapshot this node serves now: the cluster-wide statistics and backlog computed
+    /// here while it leads (or runs alone); otherwise the newest one its leader pushed, and
+    /// before any, an empty window with this node's own backlog.
     pub fn snapshot(&self) -> NodeSnapshot {
         let inner = &self.inner;
         let now_ms = inner.clock.now_ms();
-        let stats = {
-            let mut window = inner.window.lock();
-            window.advance(now_ms / 1000);
-            window.snapshot(now_ms / 1000)
+        let (stats, backlog) = match self.leader_snapshot() {
+            Some(stats) => (stats, self.leader_backlog().unwrap_or_default()),
+            None => {
+                if let Some(pushed) = self.pushed_snapshot() {
+                    return pushed;
+                }
+                let empty = Window::new(inner.exchange.window.clone(), now_ms / 1000)
+                    .map(|w| w.snapshot(now_ms / 1000))
+                    .expect("the window config was validated at start");
+                let own = self.local_backlog_view();
+                (
+                    empty,
+                    stats::PodBacklog {
+                        unacked: own.0,
+                        oldest_unacked_age_ms: own.1,
+                    },
+                )
+            }
         };
         let m = &inner.metrics;
         NodeSnapshot {
             node: inner.config.node_id.clone(),
             generated_at_ms: now_ms,
             backlog: BacklogView {
-                unacked: inner.backlog.unacked() as u64,
-                oldest_unacked_age_ms: inner.backlog.oldest_age_ms(now_ms),
+                unacked: backlog.unacked,
+                oldest_unacked_age_ms: backlog.oldest_unacked_age_ms,
                 avg_symbolication_us: stats.symbolication_time_us.avg.unwrap_or(0.0),
                 queue_capacity: inner.backlog.capacity as u64,
             },
@@ -542,10 +619,37 @@ impl Node {
         }
     }
 
-    /// Takes a snapshot and hands it to every subscriber.
+    /// This node's own backlog: (unacked events, oldest unacked age in ms).
+    fn local_backlog_view(&self) -> (u64, u64) {
+        let now_ms = self.inner.clock.now_ms();
+        (
+            self.inner.backlog.unacked() as u64,
+            self.inner.backlog.oldest_age_ms(now_ms),
+        )
+    }
+
+    /// Publishes a snapshot now if this node computes them (it leads or runs alone).
     pub fn publish(&self) {
+        if self.inner.cluster.get().is_some() && !self.inner.exchange.leads() {
+            return;
+        }
         let json = serde_json::to_string(&self.snapshot()).expect("snapshots serialize");
         self.inner.snapshots.send_replace(Arc::from(json));
+    }
+
+    /// Runs exchange rounds until every processed job is acknowledged by a leader, or
+    /// `within` passes (graceful shutdown: hand the last partials to the leader).
+    pub async fn flush_statistics(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            self.exchange_round().await;
+            if self.inner.exchange.outbox.lock().pending() == 0
+                || tokio::time::Instant::now() >= deadline
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The stream of published snapshots (JSON text).
@@ -565,10 +669,7 @@ impl Node {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = tick.tick() => {
-                    let node = self.clone();
-                    let _ = tokio::task::spawn_blocking(move || node.publish()).await;
-                }
+                _ = tick.tick() => self.exchange_round().await,
             }
         }
     }
@@ -628,14 +729,25 @@ impl Node {
             "status",
             &m.frames.snapshot(),
         );
+        let (own_unacked, own_oldest_ms) = self.local_backlog_view();
         e.gauge(
             "crashgrid_unacked_messages",
-            "Events accepted and not yet processed and acknowledged.",
-            snap.backlog.unacked as f64,
+            "Events this node accepted whose statistics no leader has acknowledged yet.",
+            own_unacked,
         );
         e.gauge(
             "crashgrid_oldest_unacked_age_seconds",
-            "Age of the oldest unacknowledged event.",
+            "Age of this node's oldest unacknowledged event.",
+            own_oldest_ms as f64 / 1000.0,
+        );
+        e.gauge(
+            "crashgrid_cluster_unacked_messages",
+            "Unacknowledged events of the whole cluster, as in the served snapshot.",
+            snap.backlog.unacked,
+        );
+        e.gauge(
+            "crashgrid_cluster_oldest_unacked_age_seconds",
+            "Age of the oldest unacknowledged event in the whole cluster.",
             snap.backlog.oldest_unacked_age_ms as f64 / 1000.0,
         );
         e.gauge(
@@ -730,21 +842,21 @@ impl Node {
             "Snapshots pushed over WebSocket.",
             m.ws_messages.get(),
         );
-        e.gauge(
-            "crashgrid_is_leader",
-            "1 when this node leads the cluster.",
-            1.0,
-        );
-        e.gauge(
-            "crashgrid_leader_epoch",
-            "Epoch (fencing token) of the current leader.",
-            snap.cluster.epoch as f64,
-        );
-        e.gauge(
-            "crashgrid_cluster_members",
-            "Members in this node's view of the cluster.",
-            snap.cluster.members.len() as f64,
-        );
+        let x = &inner.exchange.counters;
+        for (name, help, c) in [
+            ("crashgrid_stats_partials_sent_total", "Partials messages sent to the leader.", &x.partials_sent),
+            ("crashgrid_stats_partials_failed_total", "Partials messages that did not reach the leader.", &x.partials_failed),
+            ("crashgrid_stats_partials_refused_total", "Partials messages the leader refused (leadership moving, wrong epoch).", &x.partials_rejected),
+            ("crashgrid_stats_snapshots_received_total", "Snapshots accepted from the leader.", &x.snapshots_received),
+            ("crashgrid_stats_snapshots_rejected_total", "Snapshots refused for a stale leader epoch.", &x.snapshots_rejected),
+            ("crashgrid_stats_replica_failures_total", "Failed replications of the leader's statistics to its standby.", &x.replica_failed),
+            ("crashgrid_stats_windows_collected_total", "Members' windows collected when starting a leader term.", &x.collected),
+            ("crashgrid_stats_expired_unacknowledged_total", "Jobs whose statistics no leader accepted before they left the window.", &x.expired_unacknowledged),
+        ] {
+            e.counter(name, help, c.get());
+        }
+        clustering::render_metrics(&mut e, &snap.cluster, self.inner.cluster.get());
+        crate::nats::render_registered(self.id(), &mut e);
         e.finish()
     }
 }
@@ -802,23 +914,26 @@ impl Inner {
             }
         }
         {
-            let mut window = self.window.lock();
-            if window.merge(second, &partial).is_err() {
+            let now = self.clock.now_secs();
+            let oldest = now.saturating_sub(u64::from(self.exchange.window.seconds) - 1);
+            let second = if second < oldest {
                 // The acceptance second has left the window (a backlog over five minutes):
                 // count the records now rather than lose them.
-                let now = self.clock.now_secs();
-                window.advance(now);
                 self.metrics.late_records.add(job.events.len() as u64);
-                if let Err(e) = window.merge(now, &partial) {
-                    tracing::error!(error = %e, "cannot merge records into the window");
-                }
-            }
+                now
+            } else {
+                second
+            };
+            // Acknowledged once a leader accepted this second's partial (`exchange`).
+            self.exchange
+                .outbox
+                .lock()
+                .record(second, &partial, job.seq);
         }
         for (status, n) in statuses {
             self.metrics.frames.add(status, n);
         }
         self.metrics.symbolication_us_sum.add(sym_us_total);
         self.metrics.processed.add(job.events.len() as u64);
-        self.backlog.ack(job.seq);
     }
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use anyhow::Context as _;
+
 use crate::clock::WallClock;
+use crate::clustering;
 use crate::config::ServeSettings;
 use crate::http;
 use crate::node::Node;
@@ -25,6 +28,17 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let address = listener.local_addr()?.to_string();
     let node = Node::start(settings.node.clone(), address.clone(), clock)?;
+    let clustering = match &settings.cluster {
+        Some(c) => {
+            let rpc = TcpListener::bind(c.rpc_listen)
+                .await
+                .with_context(|| format!("binding the RPC port {}", c.rpc_listen))?;
+            let started = clustering::start(c, node.id(), &address, rpc).await?;
+            node.attach_cluster(started.link());
+            Some(started)
+        }
+        None => None,
+    };
     on_start(&node);
     let ready = Arc::new(AtomicBool::new(true));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -35,11 +49,27 @@ pub async fn serve(
         node.clone()
             .run_publisher(settings.publish_interval, stopped(stop_rx.clone())),
     );
+    // The NATS source (when configured) pulls once the node runs and stops pulling when
+    // shutdown begins, before the node shuts down; its task ends once the messages it
+    // submitted are acknowledged (by the node's shutdown and statistics flush below).
+    let nats = settings.nats.clone().map(|config| {
+        tokio::spawn(crate::nats::run_source(
+            node.clone(),
+            config,
+            stopped(stop_rx.clone()),
+        ))
+    });
     let router = http::router(node.clone(), settings.http.clone(), ready.clone());
     tracing::info!(node = node.id(), %address, "crashgrid node serving");
     let ready_flag = ready.clone();
+    let electing = clustering.as_ref().map(|c| c.cluster.clone());
     let http_shutdown = async move {
         shutdown.await;
+        // First give up the lease, so a standby leads at once (a rolling update must not
+        // wait a lease duration for statistics).
+        if let Some(c) = electing {
+            c.step_down().await;
+        }
         ready_flag.store(false, Ordering::Release);
         let _ = stop_tx.send(true);
         tracing::info!("shutting down: finishing open requests and accepted events");
@@ -48,6 +78,20 @@ pub async fn serve(
     let _ = publisher.await;
     let n = node.clone();
     tokio::task::spawn_blocking(move || n.shutdown()).await?;
+    // Hand the last partials to the leader (a new one, if this node led), so every event
+    // this node accepted is counted before it leaves.
+    node.flush_statistics(std::time::Duration::from_secs(5))
+        .await;
+    if let Some(source) = nats {
+        match source.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "NATS source failed"),
+            Err(e) => tracing::error!(error = %e, "NATS source task failed"),
+        }
+    }
+    if let Some(c) = clustering {
+        c.stop().await;
+    }
     tracing::info!(processed = node.metrics().processed.get(), "node stopped");
     Ok(())
 }

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod exchange;
 mod hll;
 mod latency;
 mod partial;
@@ -47,6 +48,9 @@ mod snapshot;
 mod window;
 
 pub use error::StatsError;
+pub use exchange::{
+    Accepted, ExchangeError, Outbox, PartialsMessage, PodBacklog, Reducer, SliceUpdate,
+};
 pub use hll::{hash_user, HyperLogLog, PRECISION as HLL_PRECISION, SPARSE_MAX as HLL_SPARSE_MAX};
 pub use latency::LatencySketch;
 pub use partial::{GroupCount, Partial};

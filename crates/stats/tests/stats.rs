@@ -659,3 +659,157 @@ fn snapshot_json_shape() {
     assert_eq!(v["window_seconds"], 300);
     assert_eq!(v["now"], T);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Exchange: pods' outboxes and the leader's reducer (map/reduce across pods)
+// ---------------------------------------------------------------------------------------------
+
+use stats::{Accepted, ExchangeError, Outbox, PodBacklog, Reducer};
+
+fn one(second: u64, group: u64, user: u32) -> Partial {
+    let mut rng = StdRng::seed_from_u64(group * 1000 + u64::from(user));
+    let mut r = random_rec(&mut rng, second..=second, 1_000_000);
+    r.user_id = Some(format!("user-{user}"));
+    partial_of(&[r])
+}
+
+/// "The leader keeps the latest partial per (pod, second): a resend replaces instead of
+/// adding, so retries never double-count."
+#[test]
+fn resends_replace_and_never_double_count() {
+    let mut pod: Outbox<u32> = Outbox::new(300);
+    let mut leader = Reducer::new(WindowConfig::default(), T, 0).unwrap();
+    pod.record(T, &one(T, 1, 1), 1);
+    let first = pod.message("p1", 0, PodBacklog::default());
+    assert_eq!(first.slices.len(), 1);
+    let ack1 = leader.accept(first.clone(), T).unwrap();
+    pod.record(T, &one(T, 2, 2), 2);
+    let second = pod.message("p1", 0, PodBacklog::default());
+    // The lost-answer case: the first message arrives again after the second.
+    leader.accept(second.clone(), T).unwrap();
+    leader.accept(first, T).unwrap();
+    leader.accept(second, T).unwrap();
+    assert_eq!(leader.snapshot(T).total, 2);
+    // Acknowledging releases exactly the items at or below the acknowledged version.
+    assert_eq!(pod.on_accepted(&ack1), vec![1]);
+    assert_eq!(pod.pending(), 1);
+    let ack2 = Accepted {
+        epoch: 0,
+        slices: vec![(T, 2)],
+    };
+    assert_eq!(pod.on_accepted(&ack2), vec![2]);
+    assert_eq!(pod.pending(), 0);
+    // Nothing changed since: the next message carries no slices, only the backlog.
+    assert!(pod.message("p1", 0, PodBacklog::default()).slices.is_empty());
+}
+
+/// "Partials addressed to a stale epoch are rejected"; "a pod that sees a new epoch resends
+/// everything to the new leader".
+#[test]
+fn epochs_fence_the_exchange_and_a_new_epoch_gets_everything() {
+    let mut pod: Outbox<u32> = Outbox::new(300);
+    let mut old = Reducer::new(WindowConfig::default(), T + 2, 3).unwrap();
+    for s in 0..3 {
+        pod.record(T + s, &one(T + s, s, 1), s as u32);
+    }
+    let m = pod.message("p1", 3, PodBacklog::default());
+    let ack = old.accept(m, T + 2).unwrap();
+    assert_eq!(pod.on_accepted(&ack).len(), 3);
+    assert!(pod.message("p1", 3, PodBacklog::default()).slices.is_empty());
+    // An answer from another epoch releases nothing.
+    pod.record(T + 2, &one(T + 2, 9, 9), 99);
+    assert!(pod
+        .on_accepted(&Accepted {
+            epoch: 2,
+            slices: vec![(T + 2, 10)]
+        })
+        .is_empty());
+    // Stale and future epochs are refused by the reducer.
+    let stale = pod.message("p1", 2, PodBacklog::default());
+    assert_eq!(
+        old.accept(stale, T + 2),
+        Err(ExchangeError::WrongEpoch {
+            got: 2,
+            expected: 3
+        })
+    );
+    // New leader at epoch 4: all three seconds are sent again.
+    let m = pod.message("p1", 4, PodBacklog::default());
+    assert_eq!(m.slices.len(), 3);
+    let mut new = Reducer::new(WindowConfig::default(), T + 2, 4).unwrap();
+    let ack = new.accept(m, T + 2).unwrap();
+    assert_eq!(pod.on_accepted(&ack), vec![99]);
+    assert_eq!(new.snapshot(T + 2).total, 4);
+}
+
+/// After a failover the new leader's totals equal the old leader's: windows collected from
+/// pods and the standby's replica, merged by version, count every crash once.
+#[test]
+fn failover_restores_exact_totals_from_replica_and_pods() {
+    let config = WindowConfig::default();
+    let mut old = Reducer::new(config.clone(), T + 9, 0).unwrap();
+    let mut replica = Reducer::new(config.clone(), T + 9, 0).unwrap();
+    let mut pods: Vec<Outbox<u32>> = (0..3).map(|_| Outbox::new(300)).collect();
+    let names = ["p0", "p1", "p2"];
+    for s in 0..10u64 {
+        for (i, pod) in pods.iter_mut().enumerate() {
+            pod.record(T + s, &one(T + s, s * 3 + i as u64, (s as u32) * 7 + i as u32), 0);
+            let m = pod.message(names[i], 0, PodBacklog::default());
+            replica.absorb(m.clone(), T + s);
+            let ack = old.accept(m, T + s).unwrap();
+            pod.on_accepted(&ack);
+        }
+    }
+    let before = old.snapshot(T + 9);
+    assert_eq!(before.total, 30);
+    // Pod p0 left gracefully (its outbox is gone); the old leader (which also ran pod p2)
+    // dies. The new leader of epoch 1 absorbs the replica and the surviving pods' windows.
+    let mut new = Reducer::new(config, T + 9, 1).unwrap();
+    for m in replica.export() {
+        new.absorb(m, T + 9);
+    }
+    let m = pods[1].message("p1", 1, PodBacklog::default());
+    new.accept(m, T + 9).unwrap();
+    let after = new.snapshot(T + 9);
+    assert_eq!(after.total, before.total);
+    assert_eq!(after, before, "the whole snapshot, users and latency included");
+    assert_eq!(after.breakdowns, before.breakdowns);
+    assert_eq!(after.top_groups, before.top_groups);
+}
+
+/// "A pod that leaves keeps its contributions in the window until they age out."
+#[test]
+fn a_departed_pods_slices_count_until_they_age_out_and_backlog_forgets_it() {
+    let mut leader = Reducer::new(WindowConfig::default(), T, 0).unwrap();
+    let mut pod: Outbox<u32> = Outbox::new(300);
+    pod.record(T, &one(T, 1, 1), 1);
+    let backlog = PodBacklog {
+        unacked: 5,
+        oldest_unacked_age_ms: 700,
+    };
+    leader.accept(pod.message("gone", 0, backlog), T).unwrap();
+    assert_eq!(leader.backlog(T + 1, 5), backlog);
+    assert_eq!(leader.backlog(T + 10, 5), PodBacklog::default());
+    leader.advance(T + 299);
+    assert_eq!(leader.snapshot(T + 299).total, 1);
+    leader.advance(T + 300);
+    assert_eq!(leader.snapshot(T + 300).total, 0);
+    assert!(leader.is_empty());
+}
+
+/// Items whose second leaves the window unacknowledged are handed back (to be released and
+/// counted), never kept forever; slices older than the window are acknowledged as late.
+#[test]
+fn expiry_hands_back_unacknowledged_items_and_late_slices_are_acknowledged() {
+    let mut pod: Outbox<u32> = Outbox::new(300);
+    pod.record(T, &one(T, 1, 1), 7);
+    pod.record(T + 1, &one(T + 1, 1, 1), 8);
+    assert_eq!(pod.advance(T + 300), vec![7]);
+    assert_eq!(pod.pending(), 1);
+    let mut leader = Reducer::new(WindowConfig::default(), T + 400, 0).unwrap();
+    let m = pod.message("p", 0, PodBacklog::default());
+    let ack = leader.accept(m, T + 400).unwrap();
+    assert_eq!(pod.on_accepted(&ack), vec![8]);
+    assert_eq!(leader.late(), 1);
+    assert_eq!(leader.snapshot(T + 400).total, 0);
+}

@@ -47,6 +47,12 @@ impl EpochFence {
         Ok(())
     }
 
+    /// Raises the bar to `epoch` without judging a message: the receiver learnt of a newer
+    /// leader term by itself (its own read of the lease).
+    pub fn observe(&self, epoch: u64) {
+        self.highest.fetch_max(epoch, Ordering::AcqRel);
+    }
+
     /// The highest epoch accepted so far (0 if none).
     pub fn highest(&self) -> u64 {
         self.highest.load(Ordering::Acquire)

@@ -164,3 +164,276 @@ impl Crasher {
         start + size / 2
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// NATS: a real `nats-server -js` and `crashgrid serve` pods fed from it (tests/crashgrid/nats.rs).
+
+/// A port free on loopback right now.
+pub fn pick_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `nats-server` with JetStream on a loopback port, storing under a temporary directory.
+/// Killable (SIGKILL) and restartable on the same port with the same store. The test fails
+/// loudly when `nats-server` is not installed (`scripts/test` installs it).
+pub struct NatsServer {
+    pub port: u16,
+    pub store: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let mut server = NatsServer {
+            port: pick_port(),
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "nats-server already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.store.path().join("nats-server.log"))
+            .unwrap();
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-sd")
+            .arg(self.store.path().join("jetstream"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run nats-server ({e}): install it (`apt-get install nats-server`; \
+                     scripts/test does)"
+                )
+            });
+        self.child = Some(child);
+        // Ready when it answers the client protocol with its INFO line.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            use std::io::Read as _;
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut buf = [0u8; 4];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"INFO" {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("nats-server exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server not ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.store.path().join("nats-server.log")).unwrap_or_default()
+    }
+
+    /// A client with JetStream.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.url()).await.unwrap();
+        async_nats::jetstream::new(client)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `crashgrid serve` process (not clustered) with a file sink, fed from NATS.
+pub struct NatsPod {
+    pub name: String,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl NatsPod {
+    /// Starts `crashgrid serve` with `--nats-url nats_url` and `extra` flags.
+    pub fn start(name: &str, nats_url: &str, extra: &[&str]) -> NatsPod {
+        let dir = tempfile::tempdir().unwrap();
+        let port = pick_port();
+        let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_crashgrid"))
+            .arg("serve")
+            .args(["--node-id", name])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--sink")
+            .arg(format!(
+                "file:{}",
+                dir.path().join("crashes.jsonl").display()
+            ))
+            .args(["--publish-interval-ms", "200", "--workers", "1"])
+            .args(["--nats-url", nats_url])
+            .args(extra)
+            .env("CRASHGRID_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting crashgrid serve");
+        NatsPod {
+            name: name.to_string(),
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            child: Some(child),
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.success();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// Event ids in the sink file, one per line written (in order).
+    pub fn sink_ids(&self) -> Vec<String> {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("crashes.jsonl")).unwrap_or_default();
+        text.lines()
+            // A line being written when the process was killed may be cut short.
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["event_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// `/metrics` as name (with labels) → value; None while the pod does not answer.
+    pub async fn metrics(&self) -> Option<std::collections::BTreeMap<String, f64>> {
+        let text = reqwest::Client::new()
+            .get(format!("{}/metrics", self.url))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let (name, value) = l.rsplit_once(' ')?;
+                    Some((name.to_string(), value.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// One metric, 0 when absent; None while the pod does not answer.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        Some(self.metrics().await?.get(name).copied().unwrap_or(0.0))
+    }
+
+    /// `GET /api/v1/stats`.
+    pub async fn stats(&self) -> Option<serde_json::Value> {
+        reqwest::Client::new()
+            .get(format!("{}/api/v1/stats", self.url))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
+    /// Waits (bounded) until the pod answers and its NATS client is connected.
+    pub async fn wait_connected(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(m) = self.metrics().await {
+                let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+                // Connected, and the consumer bound (its first backlog figures read).
+                if get("crashgrid_nats_connected") == 1.0
+                    && get("crashgrid_nats_backlog_sampled_timestamp_seconds") > 0.0
+                {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never connected to NATS:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for NatsPod {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

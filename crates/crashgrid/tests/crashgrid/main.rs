@@ -1,4 +1,8 @@
 //! Integration tests of the crashgrid node over real HTTP and WebSocket on loopback.
 
+mod distributed;
+mod election;
 mod harness;
+mod nats;
 mod node;
+mod procs;

@@ -667,7 +667,7 @@ async fn renewals_keep_epoch_and_acquire_time() {
 // ---------------------------------------------------------------------------------------------
 
 /// LeaseBackend contract: create / get / compare-and-swap update, seen by two clients.
-async fn conformance_cas<B: LeaseBackend>(a: B, b: B) {
+pub(crate) async fn conformance_cas<B: LeaseBackend>(a: B, b: B) {
     let t = SystemTime::now();
     assert!(a.get().await.unwrap().is_none());
     let missing = a.update(record(Some("a"), 0, t), &Version::new("1")).await;
@@ -708,7 +708,7 @@ async fn conformance_cas<B: LeaseBackend>(a: B, b: B) {
 /// A two-elector election over the backend: first come leads; release hands over at the next
 /// poll; a frozen leader is outwaited (lease_duration after the last version seen) and never
 /// overlaps with its successor.
-async fn conformance_election<B: LeaseBackend>(mut client: impl FnMut() -> B) {
+pub(crate) async fn conformance_election<B: LeaseBackend>(mut client: impl FnMut() -> B) {
     let mut world = World::new();
     let a = world.add("a", client(), Duration::ZERO, SystemTime::now());
     let b = world.add("b", client(), hours(4), far_future());

@@ -1,0 +1,286 @@
+//! Real `crashgrid serve` processes on loopback, clustered with static discovery and a file
+//! lease, and the signals a test sends them (SIGKILL, SIGTERM, SIGSTOP, SIGCONT).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Lease timings of the process tests: short, so failover tests take seconds.
+pub const LEASE_MS: u64 = 2000;
+pub const RENEW_MS: u64 = 1500;
+pub const RETRY_MS: u64 = 250;
+pub const SECRET: &str = "process-test-cluster-secret";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One node process.
+pub struct ProcNode {
+    pub id: String,
+    pub url: String,
+    pub http_port: u16,
+    pub rpc_port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// How a node process is started; kept so a node can be restarted identically.
+#[derive(Clone)]
+pub struct Spec {
+    pub id: String,
+    pub http_port: u16,
+    pub rpc_port: u16,
+    pub peers: Vec<String>,
+    pub lease_file: PathBuf,
+    pub dir: PathBuf,
+    pub extra: Vec<String>,
+}
+
+impl ProcNode {
+    pub fn spawn(spec: &Spec) -> ProcNode {
+        std::fs::create_dir_all(&spec.dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(spec.dir.join("node.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_crashgrid"))
+            .arg("serve")
+            .args(["--node-id", &spec.id])
+            .args(["--listen", &format!("127.0.0.1:{}", spec.http_port)])
+            .args(["--rpc-listen", &format!("127.0.0.1:{}", spec.rpc_port)])
+            .args(["--discovery", "static", "--peers", &spec.peers.join(",")])
+            .args(["--lease", "file", "--lease-file"])
+            .arg(&spec.lease_file)
+            .args(["--lease-duration-ms", &LEASE_MS.to_string()])
+            .args(["--renew-deadline-ms", &RENEW_MS.to_string()])
+            .args(["--retry-period-ms", &RETRY_MS.to_string()])
+            .args([
+                "--heartbeat-interval-ms",
+                "200",
+                "--failure-timeout-ms",
+                "1000",
+            ])
+            .args(["--publish-interval-ms", "200", "--workers", "1"])
+            .arg("--data-dir")
+            .arg(&spec.dir)
+            .arg("--sink")
+            .arg(format!("file:{}", spec.dir.join("crashes.jsonl").display()))
+            .args(&spec.extra)
+            .env("CRASHGRID_CLUSTER_SECRET", SECRET)
+            .env("CRASHGRID_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting crashgrid serve");
+        ProcNode {
+            id: spec.id.clone(),
+            url: format!("http://127.0.0.1:{}", spec.http_port),
+            http_port: spec.http_port,
+            rpc_port: spec.rpc_port,
+            dir: spec.dir.clone(),
+            child: Some(child),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.take().unwrap().wait();
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit after SIGTERM",
+                self.id
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for ProcNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A local cluster of node processes.
+pub struct ProcCluster {
+    pub nodes: Vec<ProcNode>,
+    pub specs: Vec<Spec>,
+    /// Holds the nodes' directories and the lease file.
+    pub _root: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+impl ProcCluster {
+    pub fn specs(n: usize, root: &Path, extra: &[&str]) -> Vec<Spec> {
+        let rpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers: Vec<String> = rpc.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        (0..n)
+            .map(|i| Spec {
+                id: format!("node-{}", i + 1),
+                http_port: free_port(),
+                rpc_port: rpc[i],
+                peers: peers.clone(),
+                lease_file: root.join("leader.lease"),
+                dir: root.join(format!("node-{}", i + 1)),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect()
+    }
+
+    /// Starts `n` nodes and waits until every one sees all `n` members and the same leader.
+    pub async fn start(n: usize, extra: &[&str]) -> ProcCluster {
+        let root = tempfile::tempdir().unwrap();
+        let specs = Self::specs(n, root.path(), extra);
+        let nodes = specs.iter().map(ProcNode::spawn).collect();
+        let c = ProcCluster {
+            nodes,
+            specs,
+            _root: root,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap(),
+        };
+        c.converged(n, Duration::from_secs(60)).await;
+        c
+    }
+
+    /// `GET /api/v1/cluster` of node `i` (None while it does not answer).
+    pub async fn view(&self, i: usize) -> Option<Value> {
+        let r = self
+            .client
+            .get(format!("{}/api/v1/cluster", self.nodes[i].url))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
+    /// Indices of running nodes.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .collect()
+    }
+
+    /// The leader every running node names, with its epoch, once they all agree and the
+    /// leader is among them and says it leads.
+    pub async fn agreed_leader(&self) -> Option<(String, u64)> {
+        self.agreed_leader_of(&self.running()).await
+    }
+
+    /// Like [`agreed_leader`](Self::agreed_leader), asking only the nodes `of`.
+    pub async fn agreed_leader_of(&self, of: &[usize]) -> Option<(String, u64)> {
+        let mut seen = None;
+        for &i in of {
+            let v = self.view(i).await?;
+            let l = (v["leader"].as_str()?.to_string(), v["epoch"].as_u64()?);
+            if seen.get_or_insert(l.clone()) != &l {
+                return None;
+            }
+        }
+        let (leader, epoch) = seen?;
+        let li = of.iter().copied().find(|&i| self.nodes[i].id == leader)?;
+        (self.view(li).await?["is_leader"] == Value::Bool(true)).then_some((leader, epoch))
+    }
+
+    /// Waits until every running node lists `members` live members and all agree on a leader.
+    pub async fn converged(&self, members: usize, within: Duration) -> (String, u64) {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut ok = true;
+            for i in self.running() {
+                let live = match self.view(i).await {
+                    Some(v) => v["members"]
+                        .as_array()
+                        .map(|m| {
+                            m.iter()
+                                .filter(|x| x["healthy"] == Value::Bool(true))
+                                .count()
+                        })
+                        .unwrap_or(0),
+                    None => 0,
+                };
+                ok &= live == members;
+            }
+            if ok {
+                if let Some(l) = self.agreed_leader().await {
+                    return l;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not converge on {members} members and one leader; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn index_of(&self, id: &str) -> usize {
+        self.nodes.iter().position(|n| n.id == id).unwrap()
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let log = n.log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                format!(
+                    "--- {} ---\n{}",
+                    n.id,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Restarts node `i` from its spec (same ports, same data directory).
+    pub fn restart(&mut self, i: usize) {
+        assert!(!self.nodes[i].is_running());
+        self.nodes[i] = ProcNode::spawn(&self.specs[i]);
+    }
+}
