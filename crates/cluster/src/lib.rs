@@ -35,15 +35,15 @@ mod membership;
 mod rpc;
 mod runtime;
 
+pub use crate::kube::{
+    kubernetes_peers, namespace_from_env, KubeDiscoveryConfig, KubeLease, KubeSource,
+    SERVICE_ACCOUNT_NAMESPACE_FILE,
+};
+pub use discovery::{dns_peers, static_peers, DiscoveryError, DiscoveryHandle, PeerSet};
 pub use election::{
     spawn_elector, spawn_elector_with, Action, BoxFuture, ElectionConfig, Elector, ElectorHandle,
     EpochFence, FileLease, Leadership, LeaseBackend, LeaseError, LeaseRecord, MemoryFault,
     MemoryLease, MicroTime, StaleEpoch, Version, JITTER_FACTOR,
-};
-pub use discovery::{dns_peers, static_peers, DiscoveryError, DiscoveryHandle, PeerSet};
-pub use crate::kube::{
-    kubernetes_peers, namespace_from_env, KubeDiscoveryConfig, KubeLease, KubeSource,
-    SERVICE_ACCOUNT_NAMESPACE_FILE,
 };
 pub use grid::{
     assign, key_hash, partition_of, plan_leave, plan_migration, rendezvous_weight, Clock, Cursor,

@@ -29,8 +29,8 @@ use tokio::task::JoinHandle;
 
 use crate::discovery::DiscoveryHandle;
 use crate::election::{
-    spawn_elector, BoxFuture, ElectionConfig, ElectorHandle, EpochFence, LeaseBackend, LeaseError,
-    Leadership,
+    spawn_elector, BoxFuture, ElectionConfig, ElectorHandle, EpochFence, Leadership, LeaseBackend,
+    LeaseError,
 };
 use crate::membership::{Heartbeat, MemberList, Membership, MembershipConfig, NodeInfo};
 use crate::rpc::{decode_json, encode_json, Handler, RetryPolicy, RpcError, Transport};
@@ -167,6 +167,10 @@ struct Inner {
     events: broadcast::Sender<ClusterEvent>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     lease_timings: Option<LeaseTimings>,
+    /// Set by [`Cluster::step_down`]: leadership then comes from heartbeat claims.
+    stepped_down: std::sync::atomic::AtomicBool,
+    /// The newest accepted leader claim heard in a heartbeat: (epoch, leader id).
+    claim: Mutex<Option<(u64, String)>>,
 }
 
 /// A running cluster member. Cheap to clone; dropping the last clone stops its tasks (call
@@ -205,7 +209,7 @@ impl Cluster {
         let me = config.me.clone();
         let (elector, leadership, lease_timings) = match lease {
             Some(backend) => {
-                let handle = spawn_elector(backend, me.id.clone(), config.election.clone())?;
+                let handle = spawn_elector(backend, me.id.clone(), config.election)?;
                 let rx = handle.leadership();
                 let e = &config.election;
                 let timings = LeaseTimings {
@@ -254,6 +258,8 @@ impl Cluster {
             events,
             tasks: Mutex::new(Vec::new()),
             lease_timings,
+            stepped_down: std::sync::atomic::AtomicBool::new(false),
+            claim: Mutex::new(None),
         });
         inner.refresh();
         let task = tokio::spawn(run(Arc::downgrade(&inner), discovery));
@@ -305,8 +311,15 @@ impl Cluster {
         body: Vec<u8>,
     ) -> Result<Vec<u8>, RpcError> {
         let c = &self.inner.config;
-        crate::rpc::call_with_retry(&*self.inner.transport, to, method, body, c.rpc_timeout, &c.retry)
-            .await
+        crate::rpc::call_with_retry(
+            &*self.inner.transport,
+            to,
+            method,
+            body,
+            c.rpc_timeout,
+            &c.retry,
+        )
+        .await
     }
 
     /// Routes methods named `<prefix>.<name>` to `handler`.
@@ -329,7 +342,11 @@ impl Cluster {
     pub async fn step_down(&self) {
         let elector = self.inner.elector.lock().await.take();
         if let Some(e) = elector {
+            self.inner
+                .stepped_down
+                .store(true, std::sync::atomic::Ordering::Release);
             e.shutdown().await;
+            self.inner.refresh();
             tracing::info!(node = %self.inner.config.me.id, "left the leader election");
         }
     }
@@ -383,11 +400,15 @@ impl Inner {
     /// Recomputes the published state from membership and leadership; emits events and logs
     /// what changed.
     fn refresh(&self) {
-        let leadership = self.leadership.borrow().clone();
+        let leadership = self.current_leadership();
         self.fence.observe(leadership.epoch);
         let (members, leaving, unreachable) = {
             let m = self.membership.lock();
-            (m.list().clone(), m.is_leaving(), m.unreachable(Instant::now()))
+            (
+                m.list().clone(),
+                m.is_leaving(),
+                m.unreachable(Instant::now()),
+            )
         };
         let leader_addr = leadership.leader.as_deref().and_then(|id| {
             if id == self.config.me.id {
@@ -443,9 +464,21 @@ impl Inner {
                 rejected,
                 self.lease_timings.clone(),
             );
-            let now = (s.leader_addr, s.is_leader, s.leaving, s.stale_epoch_rejections, s.lease.clone());
+            let now = (
+                s.leader_addr,
+                s.is_leader,
+                s.leaving,
+                s.stale_epoch_rejections,
+                s.lease.clone(),
+            );
             if next != now {
-                (s.leader_addr, s.is_leader, s.leaving, s.stale_epoch_rejections, s.lease) = next;
+                (
+                    s.leader_addr,
+                    s.is_leader,
+                    s.leaving,
+                    s.stale_epoch_rejections,
+                    s.lease,
+                ) = next;
                 changed = true;
             }
             if s.unreachable != unreachable {
@@ -472,14 +505,42 @@ impl Inner {
     /// Fences a leader claim carried by a heartbeat.
     fn check_claim(&self, hb: &Heartbeat) {
         if let Some(epoch) = hb.leader_epoch {
-            if let Err(stale) = self.fence.check(epoch) {
-                tracing::warn!(
+            match self.fence.check(epoch) {
+                Ok(()) => {
+                    let mut claim = self.claim.lock();
+                    if claim.as_ref().is_none_or(|(e, _)| *e <= epoch) {
+                        *claim = Some((epoch, hb.from.id.clone()));
+                    }
+                }
+                Err(stale) => tracing::warn!(
                     node = %self.config.me.id,
                     from = %hb.from.id,
                     %stale,
                     "rejected a leader claim from a deposed leader"
-                );
+                ),
             }
+        }
+    }
+
+    /// The leadership to publish: the elector's while this node takes part in the election;
+    /// after [`Cluster::step_down`], the newest leader claim heard in heartbeats (a node that
+    /// stopped competing still has to find the new leader, e.g. to hand over its last
+    /// statistics).
+    fn current_leadership(&self) -> Leadership {
+        let own = self.leadership.borrow().clone();
+        if !self.stepped_down.load(std::sync::atomic::Ordering::Acquire) {
+            return own;
+        }
+        match self.claim.lock().clone() {
+            Some((epoch, id)) if epoch >= own.epoch => Leadership {
+                leader: Some(id),
+                epoch,
+                is_leader: false,
+            },
+            _ => Leadership {
+                is_leader: false,
+                ..own
+            },
         }
     }
 
@@ -507,7 +568,9 @@ impl Inner {
                 Err(())
             }
         };
-        self.membership.lock().on_answer(addr, answer, Instant::now());
+        self.membership
+            .lock()
+            .on_answer(addr, answer, Instant::now());
         self.refresh();
     }
 }
@@ -515,7 +578,10 @@ impl Inner {
 async fn run(inner: std::sync::Weak<Inner>, discovery: DiscoveryHandle) {
     let mut peers = discovery.subscribe();
     let (mut leadership, tick) = match inner.upgrade() {
-        Some(i) => (i.leadership.clone(), i.config.membership.heartbeat_interval / 2),
+        Some(i) => (
+            i.leadership.clone(),
+            i.config.membership.heartbeat_interval / 2,
+        ),
         None => return,
     };
     let mut interval = tokio::time::interval(tick.max(Duration::from_millis(10)));

@@ -33,6 +33,8 @@ pub struct ClusterLink {
     pub client_stats: Arc<RpcStats>,
     /// Incoming calls.
     pub server_stats: Arc<RpcStats>,
+    /// Time allowed for the graceful hand-off of this node's data on shutdown.
+    pub leave_timeout: std::time::Duration,
 }
 
 /// A member as shown by `/api/v1/cluster`, `crashgrid status` and the dashboard.
@@ -207,6 +209,7 @@ pub struct Clustering {
     pub server_stats: Arc<RpcStats>,
     rpc_stop: Option<oneshot::Sender<()>>,
     rpc_task: Option<JoinHandle<()>>,
+    leave_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Clustering {
@@ -311,7 +314,7 @@ pub async fn start(
     let rpc = RpcConfig::new(&settings.secret);
     let transport = Arc::new(TcpTransport::new(rpc.clone())?);
     let mut config = ClusterConfig::new(me);
-    config.election = settings.election.clone();
+    config.election = settings.election;
     config.membership = settings.membership.clone();
     let cluster = Cluster::start(config, transport.clone(), discovery, Some(lease))?;
     let server_stats = Arc::new(RpcStats::default());
@@ -333,6 +336,7 @@ pub async fn start(
         server_stats,
         rpc_stop: Some(rpc_stop),
         rpc_task: Some(rpc_task),
+        leave_timeout: settings.leave_timeout,
     })
 }
 
@@ -343,6 +347,7 @@ impl Clustering {
             cluster: self.cluster.clone(),
             client_stats: cluster::Transport::stats(&*self.transport),
             server_stats: self.server_stats.clone(),
+            leave_timeout: self.leave_timeout,
         }
     }
 

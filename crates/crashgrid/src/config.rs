@@ -157,6 +157,12 @@ pub struct ServeArgs {
     /// Create the stream (and <stream>_DLQ) when missing; for development [default: false]
     #[arg(long, env = "CRASHGRID_NATS_CREATE_STREAM", action = clap::ArgAction::Set)]
     pub nats_create_stream: Option<bool>,
+
+    // --- shared symbolication cache (src/shared_cache.rs) ---
+    /// Bytes of the symbolication cache shared by the cluster held by this pod (the grid's
+    /// memory bound); 0 turns the shared tier off [default: 134217728]
+    #[arg(long, env = "CRASHGRID_CACHE_MEMORY_BYTES")]
+    pub cache_memory_bytes: Option<usize>,
 }
 
 /// How peers are found.
@@ -301,7 +307,8 @@ impl ServeArgs {
             nats_max_ack_pending,
             nats_batch,
             nats_dlq_subject,
-            nats_create_stream
+            nats_create_stream,
+            cache_memory_bytes
         )
     }
 
@@ -475,6 +482,13 @@ impl ServeArgs {
         }
         if let Some(n) = self.frame_cache_entries {
             node.frame_cache_entries = n;
+        }
+        if let Some(n) = self.cache_memory_bytes {
+            anyhow::ensure!(
+                n == 0 || n >= 1 << 20,
+                "cache_memory_bytes must be 0 (no shared cache) or at least 1048576"
+            );
+            node.cache_memory_bytes = n;
         }
         let mut http = HttpConfig::default();
         if let Some(n) = self.max_body_bytes {

@@ -298,16 +298,14 @@ async fn put_debug_file(
     let raw = read_limited(body, limit).await?;
     let data = decode(&headers, raw, limit)?;
     let node = state.node.clone();
-    let stored = tokio::task::spawn_blocking(move || {
-        let caches = node.symbolicator().caches();
-        let stored = caches.store().add_bytes(&name, &data)?;
-        for s in &stored {
-            caches.invalidate(&s.object.debug_id);
-        }
-        Ok::<_, StoreError>(stored)
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    // Stored, and what was concluded without the file forgotten (SymCaches, remembered
+    // failures, shared-cache values from before: see `symbolicate`'s `shared.rs`).
+    let stored =
+        tokio::task::spawn_blocking(move || node.symbolicator().store_debug_file(&name, &data))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
     match stored {
         Ok(stored) => {
             state.node.metrics().debug_files_stored.inc();
@@ -369,16 +367,38 @@ async fn get_metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Ready while the node serves (not shutting down) and, in a cluster with the shared
+/// symbolication cache, once its grid has been cluster safe: a new pod holds its share of the
+/// cache before it takes traffic, and a rolling update waits for that before stopping the next
+/// old pod. A pod that was ready stays ready when a peer leaves or dies (see
+/// [`crate::shared_cache`] for why). A single node without cluster is ready at once.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        Json(json!({"status": "ready"})).into_response()
-    } else {
+    let not_ready = |reason: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready"})),
+            Json(json!({"status": "not ready", "reason": reason})),
         )
             .into_response()
+    };
+    if !state.ready.load(Ordering::Acquire) {
+        return not_ready("shutting down".into());
     }
+    if !state.node.shared_cache_ready() {
+        let safety = state
+            .node
+            .shared_cache()
+            .map(|c| c.grid().safety())
+            .unwrap_or_default();
+        return not_ready(format!(
+            "the shared symbolication cache is not cluster safe yet (table: {}, current: {}, \
+             partitions without a live replica: {}, partitions being received: {})",
+            safety.has_table,
+            safety.table_current,
+            safety.partitions_without_live_replica,
+            safety.migrations_running
+        ));
+    }
+    Json(json!({"status": "ready"})).into_response()
 }
 
 async fn stats_live(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {

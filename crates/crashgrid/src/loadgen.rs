@@ -874,6 +874,28 @@ async fn drive(
     Ok(report)
 }
 
+/// Uploads the demo world's debug files for `seed` to the node at `url`, as a run with
+/// `upload` does first: (uploaded, failed). `loadgen --nats --url` uses it before publishing.
+pub async fn upload_debug_files(
+    url: &str,
+    seed: u64,
+    concurrency: usize,
+) -> anyhow::Result<(u64, u64)> {
+    let base = url.trim_end_matches('/').to_string();
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("building the HTTP client")?;
+    let world = Arc::new(
+        tokio::task::spawn_blocking(move || DemoWorld::new(seed))
+            .await
+            .context("building the demo world")?,
+    );
+    let (_stop_tx, stop) = watch::channel(false);
+    upload_all(&client, &base, &world, concurrency.max(1), &stop).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,9 +82,10 @@ enum Command {
     },
     /// Send realistic crash traffic to a node.
     Loadgen {
-        /// Base URL of a node, e.g. http://127.0.0.1:8080
-        #[arg(long)]
-        url: String,
+        /// Base URL of a node, e.g. http://127.0.0.1:8080 (with --nats: where the debug files
+        /// are uploaded first, if given)
+        #[arg(long, required_unless_present = "nats")]
+        url: Option<String>,
         /// Events per second.
         #[arg(long, default_value_t = 100)]
         rate: u32,
@@ -106,6 +107,19 @@ enum Command {
         /// Compress request bodies with gzip (`--gzip false` to send plain JSON).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         gzip: bool,
+        /// Publish to NATS JetStream at this URL (e.g. nats://127.0.0.1:4222) instead of
+        /// POSTing; `--batch` events per message.
+        #[arg(long)]
+        nats: Option<String>,
+        /// Subject published to (with --nats).
+        #[arg(long, default_value = "crashes.loadgen")]
+        nats_subject: String,
+        /// Stream that must store the messages (with --nats).
+        #[arg(long, default_value = "CRASHES")]
+        nats_stream: String,
+        /// Publishes awaiting their ack at once (with --nats).
+        #[arg(long, default_value_t = 256)]
+        nats_in_flight: usize,
     },
 }
 
@@ -189,7 +203,34 @@ fn main() -> anyhow::Result<()> {
             seed,
             upload,
             gzip,
+            nats,
+            nats_subject,
+            nats_stream,
+            nats_in_flight,
         } => {
+            if let Some(nats) = nats {
+                let cfg = crashgrid::loadgen_nats::NatsLoadgenConfig {
+                    url: nats,
+                    subject: nats_subject,
+                    stream: nats_stream,
+                    rate,
+                    duration: Duration::from_secs(duration),
+                    batch,
+                    in_flight: nats_in_flight,
+                    seed,
+                };
+                let report = runtime()?.block_on(async move {
+                    if let (Some(url), true) = (url, upload) {
+                        let (ok, failed) =
+                            crashgrid::loadgen::upload_debug_files(&url, seed, concurrency).await?;
+                        eprintln!("loadgen: uploaded {ok} debug files to {url} ({failed} failed)");
+                    }
+                    crashgrid::loadgen_nats::run(cfg, shutdown_signal()).await
+                })?;
+                println!("{report}");
+                return Ok(());
+            }
+            let url = url.context("--url is required without --nats")?;
             let cfg = crashgrid::loadgen::LoadgenConfig {
                 url,
                 rate,

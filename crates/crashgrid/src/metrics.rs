@@ -101,13 +101,13 @@ impl Exposition {
     }
 
     /// A counter or gauge with one label.
-    pub fn labeled(
+    pub fn labeled<T: std::fmt::Display>(
         &mut self,
         name: &str,
         kind: &str,
         help: &str,
         label: &str,
-        series: &BTreeMap<String, u64>,
+        series: &BTreeMap<String, T>,
     ) {
         self.head(name, kind, help);
         for (value, n) in series {

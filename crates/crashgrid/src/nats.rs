@@ -262,7 +262,7 @@ pub struct NatsBacklog {
     pub redelivered: u64,
     /// Unacknowledged messages that were delivered more than once (consumer-wide).
     pub consumer_redelivered: u64,
-    /// Messages this pod holds: delivered to it, submitted and not yet acknowledged.
+    /// Messages this pod holds: delivered to it and not yet answered (ack, nak or term).
     pub in_flight: u64,
     /// Unix ms of the last successful sample.
     pub sampled_at_ms: u64,
@@ -298,12 +298,12 @@ pub struct NatsCounters {
     pub ack_errors: Counter,
     /// In-progress acks (`+WPI`) sent to extend leases.
     pub lease_extensions: Counter,
-    /// Messages held now: submitted to the node and not yet acknowledged.
+    /// Messages held now: delivered and not yet answered.
     in_flight: AtomicU64,
 }
 
 impl NatsCounters {
-    /// Messages held now: submitted to the node and not yet acknowledged.
+    /// Messages held now: delivered and not yet answered.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -316,7 +316,7 @@ impl NatsCounters {
     pub fn render(&self, e: &mut Exposition) {
         e.gauge(
             "crashgrid_nats_in_flight_messages",
-            "NATS messages this pod holds: submitted and not yet acknowledged.",
+            "NATS messages this pod holds: delivered to it and not yet answered (ack, nak, term).",
             self.in_flight(),
         );
         e.counter(

@@ -1,4 +1,15 @@
 //! A whole node: pipeline, snapshot publisher and HTTP server, with graceful shutdown.
+//!
+//! # Shutdown order (SIGTERM, e.g. a rolling update)
+//!
+//! 1. Give up the leader lease, so a standby leads at once.
+//! 2. `/readyz` answers 503; stop accepting HTTP requests and finish the open ones; stop the
+//!    sources; the workers process every accepted event.
+//! 3. Hand the last statistics partials to the leader (bounded: 5 s).
+//! 4. Hand off the shared symbolication cache: push the partitions of which this pod holds the
+//!    only copy to their new replicas ([`cluster::Grid::leave`], bounded by the leave timeout;
+//!    the RPC server keeps serving meanwhile, so peers may also pull from this pod).
+//! 5. Leave the cluster (members drop this pod at once) and stop the RPC server.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +45,7 @@ pub async fn serve(
                 .await
                 .with_context(|| format!("binding the RPC port {}", c.rpc_listen))?;
             let started = clustering::start(c, node.id(), &address, rpc).await?;
-            node.attach_cluster(started.link());
+            node.attach_cluster(started.link())?;
             Some(started)
         }
         None => None,
@@ -87,6 +98,25 @@ pub async fn serve(
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "NATS source failed"),
             Err(e) => tracing::error!(error = %e, "NATS source task failed"),
+        }
+    }
+    if let (Some(cache), Some(c)) = (node.shared_cache(), &settings.cluster) {
+        // Grid::leave is bounded by the leave timeout itself; the outer bound also covers the
+        // request to the leader.
+        let bound = c.leave_timeout + std::time::Duration::from_secs(1);
+        match tokio::time::timeout(bound, cache.grid().leave()).await {
+            Ok(report) => tracing::info!(
+                leader_acknowledged = report.leader_acknowledged,
+                partitions_pushed = report.partitions_pushed,
+                entries_pushed = report.entries_pushed,
+                completed = report.completed,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "handed off the shared symbolication cache"
+            ),
+            Err(_) => tracing::warn!(
+                timeout_ms = bound.as_millis() as u64,
+                "the hand-off of the shared symbolication cache did not finish in time"
+            ),
         }
     }
     if let Some(c) = clustering {

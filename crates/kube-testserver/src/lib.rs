@@ -261,10 +261,24 @@ impl TestApiServer {
         self.addr
     }
 
-    /// A `kube::Client` for this server, default namespace `default`. Needs a tokio runtime.
+    /// A `kube::Config` for this server (default namespace `default`, kube-rs defaults
+    /// otherwise), to adjust before building a client (e.g. `default_retry = false`).
+    pub fn config(&self) -> kube::Config {
+        kube::Config::new(self.url().parse().expect("a valid URL"))
+    }
+
+    /// A `kube::Client` for this server with kube-rs's defaults, as `Client::try_default()`
+    /// builds in a pod: among them kube's retry layer, which retries 429/503/504 answers (up
+    /// to 15 times, 5 ms doubling), so a request to an unavailable server takes minutes to
+    /// fail. Needs a tokio runtime.
     pub fn client(&self) -> kube::Client {
-        let uri = self.url().parse().expect("a valid URL");
-        let config = kube::Config::new(uri);
+        kube::Client::try_from(self.config()).expect("a kube client for the test server")
+    }
+
+    /// A `kube::Client` without kube's retry layer: 503 and friends are returned at once.
+    pub fn client_without_retries(&self) -> kube::Client {
+        let mut config = self.config();
+        config.default_retry = false;
         kube::Client::try_from(config).expect("a kube client for the test server")
     }
 
@@ -330,7 +344,8 @@ impl TestApiServer {
     /// Creates or replaces a Pod (as the kubelet updating its status would); returns the
     /// stored object. Panics if `object` has no `metadata.name`.
     pub fn apply_pod(&self, namespace: &str, object: impl Serialize) -> Value {
-        self.shared.apply(Resource::Pod, namespace, to_value(object))
+        self.shared
+            .apply(Resource::Pod, namespace, to_value(object))
     }
 
     /// Deletes a Pod at once (no grace period), emitting DELETED; false if there was none.
@@ -497,7 +512,9 @@ async fn delete(
         } else {
             parse_body(&body)?
         };
-        let uid = options.pointer("/preconditions/uid").and_then(Value::as_str);
+        let uid = options
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str);
         let rv = options
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str);
@@ -664,7 +681,9 @@ fn start_watch(ctx: &Ctx, ns: String, request: Request) -> Result<Response, ApiE
     ctx.shared.open_watches.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(watch.run(start, request.timeout));
     let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), rx))
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, Infallible>(chunk), rx))
     }));
     Ok((
         StatusCode::OK,
@@ -708,7 +727,8 @@ impl Watch {
     }
 
     async fn expired(&self, rv: u64, floor: u64) {
-        let status = ApiError::expired(format!("too old resource version: {rv} ({floor})")).status();
+        let status =
+            ApiError::expired(format!("too old resource version: {rv} ({floor})")).status();
         self.send("ERROR", &status).await;
     }
 
@@ -781,6 +801,11 @@ impl Watch {
                 }
             };
             tokio::select! {
+                // A disconnect wins over pending changes: nothing is sent after it.
+                biased;
+                _ = disconnect.changed() => return,
+                _ = self.tx.closed() => return,
+                _ = timed_out => return,
                 _ = changed.changed() => {}
                 _ = ticker.tick() => {
                     if self.bookmarks
@@ -789,9 +814,6 @@ impl Watch {
                         return;
                     }
                 }
-                _ = disconnect.changed() => return,
-                _ = timed_out => return,
-                _ = self.tx.closed() => return,
             }
         }
     }

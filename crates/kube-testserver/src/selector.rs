@@ -180,7 +180,10 @@ impl FieldSelector {
             } else {
                 "/metadata/namespace"
             };
-            let actual = object.pointer(pointer).and_then(Value::as_str).unwrap_or("");
+            let actual = object
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or("");
             (actual == value) == *equal
         })
     }
@@ -225,8 +228,12 @@ mod tests {
     #[test]
     fn field_selectors() {
         let obj = pod(json!({}));
-        assert!(FieldSelector::parse("metadata.name=p").unwrap().matches(&obj));
-        assert!(!FieldSelector::parse("metadata.name!=p").unwrap().matches(&obj));
+        assert!(FieldSelector::parse("metadata.name=p")
+            .unwrap()
+            .matches(&obj));
+        assert!(!FieldSelector::parse("metadata.name!=p")
+            .unwrap()
+            .matches(&obj));
         assert!(FieldSelector::parse("status.phase=Running").is_err());
     }
 }

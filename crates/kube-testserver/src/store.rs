@@ -314,7 +314,11 @@ impl Store {
     ) -> Result<Arc<Value>, ApiError> {
         let mut object = check_body(resource, ns, body)?;
         let meta = object["metadata"].as_object_mut().expect("checked");
-        if meta.get("resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+        if meta
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+        {
             // What etcd storage answers; clients must not send a version on create.
             return Err(ApiError::new(
                 500,
@@ -344,7 +348,13 @@ impl Store {
         Ok(self.insert_new(resource, ns, &name, object))
     }
 
-    fn insert_new(&mut self, resource: Resource, ns: &str, name: &str, mut object: Value) -> Arc<Value> {
+    fn insert_new(
+        &mut self,
+        resource: Resource,
+        ns: &str,
+        name: &str,
+        mut object: Value,
+    ) -> Arc<Value> {
         let uid = self.next_uid();
         self.rv += 1;
         let meta = object["metadata"].as_object_mut().expect("checked");
@@ -413,13 +423,18 @@ impl Store {
                 return Err(ApiError::conflict(
                     resource,
                     name,
-                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: "),
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: "
+                    ),
                 ));
             }
             meta.remove("resourceVersion");
             return Ok((self.insert_new(resource, ns, name, object), true));
         };
-        let stored_uid = existing.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+        let stored_uid = existing
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if let Some(uid) = body_uid {
             if uid != stored_uid {
                 return Err(ApiError::conflict(
@@ -489,7 +504,8 @@ impl Store {
                 .expect("unconditional replace")
                 .0
         } else {
-            self.create(resource, ns, body).expect("create of a new name")
+            self.create(resource, ns, body)
+                .expect("create of a new name")
         }
     }
 
@@ -558,9 +574,14 @@ impl Store {
 /// Checks `kind`, `apiVersion` and `metadata.namespace` of a request body and fills them in.
 fn check_body(resource: Resource, ns: &str, body: Value) -> Result<Value, ApiError> {
     let Value::Object(mut object) = body else {
-        return Err(ApiError::bad_request("the request body is not a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body is not a JSON object",
+        ));
     };
-    for (field, want) in [("kind", resource.kind()), ("apiVersion", resource.api_version())] {
+    for (field, want) in [
+        ("kind", resource.kind()),
+        ("apiVersion", resource.api_version()),
+    ] {
         match object.get(field).and_then(Value::as_str) {
             None => {
                 object.insert(field.into(), json!(want));
@@ -628,7 +649,10 @@ mod tests {
     }
 
     fn rv(v: &Value) -> String {
-        v["metadata"]["resourceVersion"].as_str().unwrap().to_string()
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     #[test]
@@ -648,7 +672,9 @@ mod tests {
         assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
         let stale = s.replace(Resource::Lease, "ns", "l", body).unwrap_err();
         assert_eq!((stale.code, stale.reason), (409, "Conflict"));
-        let unconditional = s.replace(Resource::Lease, "ns", "l", lease("l")).unwrap_err();
+        let unconditional = s
+            .replace(Resource::Lease, "ns", "l", lease("l"))
+            .unwrap_err();
         assert_eq!((unconditional.code, unconditional.reason), (422, "Invalid"));
     }
 
@@ -677,8 +703,15 @@ mod tests {
         s.apply(Resource::Pod, "ns", json!({"metadata": {"name": "a"}}));
         s.apply(Resource::Lease, "ns", lease("b"));
         assert_eq!(s.changes_after(start).unwrap().len(), 2);
-        s.apply(Resource::Pod, "ns", json!({"metadata": {"name": "a", "labels": {"x": "y"}}}));
-        assert!(s.changes_after(start).is_none(), "the first change was dropped");
+        s.apply(
+            Resource::Pod,
+            "ns",
+            json!({"metadata": {"name": "a", "labels": {"x": "y"}}}),
+        );
+        assert!(
+            s.changes_after(start).is_none(),
+            "the first change was dropped"
+        );
         assert_eq!(s.changes_after(start + 1).unwrap().len(), 2);
         let deleted = s.delete(Resource::Pod, "ns", "a", None, None).unwrap();
         assert_eq!(rv(&deleted), s.rv.to_string());

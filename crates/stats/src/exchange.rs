@@ -21,10 +21,11 @@
 //! A pod that leaves keeps its slots in the reducer until they age out of the window: counted
 //! once, neither dropped nor doubled.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::snapshot::build;
 use crate::{KeyedWindow, Partial, Snapshot, StatsError, WindowConfig};
 
 /// One second of one pod: its cumulative partial at a version.
@@ -237,6 +238,10 @@ pub struct Reducer {
     versions: HashMap<(String, u64), u64>,
     backlogs: BTreeMap<String, (PodBacklog, u64)>,
     late: u64,
+    /// Per second, the merge of every pod's partial; recomputed only for seconds that changed
+    /// since the last snapshot (a snapshot then merges 300 partials, not 300 × pods).
+    merged: BTreeMap<u64, Partial>,
+    dirty: BTreeSet<u64>,
 }
 
 impl Reducer {
@@ -248,6 +253,8 @@ impl Reducer {
             versions: HashMap::new(),
             backlogs: BTreeMap::new(),
             late: 0,
+            merged: BTreeMap::new(),
+            dirty: BTreeSet::new(),
         })
     }
 
@@ -297,6 +304,7 @@ impl Reducer {
             match self.window.set(pod.clone(), s.second, s.partial) {
                 Ok(_) => {
                     self.versions.insert(key, s.version);
+                    self.dirty.insert(s.second);
                 }
                 Err(_) => self.late += crashes,
             }
@@ -338,11 +346,26 @@ impl Reducer {
         self.window.advance(now);
         let oldest = now.saturating_sub(u64::from(self.window.config().seconds) - 1);
         self.versions.retain(|(_, second), _| *second >= oldest);
+        self.merged = self.merged.split_off(&oldest);
+        self.dirty = self.dirty.split_off(&oldest);
     }
 
-    /// The merged statistics of every pod at `now`.
-    pub fn snapshot(&self, now: u64) -> Snapshot {
-        self.window.snapshot(now)
+    /// The merged statistics of every pod at `now` (equal to merging every stored partial).
+    pub fn snapshot(&mut self, now: u64) -> Snapshot {
+        for second in std::mem::take(&mut self.dirty) {
+            let mut p = Partial::new();
+            for part in self.window.sources_at(second) {
+                p.merge(part);
+            }
+            self.merged.insert(second, p);
+        }
+        let oldest = self.window.oldest_second_at(now);
+        let slices: Vec<(u64, &Partial)> = self
+            .merged
+            .range(oldest..=now)
+            .map(|(s, p)| (*s, p))
+            .collect();
+        build(self.window.config(), now, &slices)
     }
 
     /// Cluster-wide backlog: the sum of the unacked counts and the oldest age reported by
@@ -353,7 +376,8 @@ impl Reducer {
         for (b, seen) in self.backlogs.values() {
             if now_second.saturating_sub(*seen) <= fresh_seconds {
                 total.unacked += b.unacked;
-                total.oldest_unacked_age_ms = total.oldest_unacked_age_ms.max(b.oldest_unacked_age_ms);
+                total.oldest_unacked_age_ms =
+                    total.oldest_unacked_age_ms.max(b.oldest_unacked_age_ms);
             }
         }
         total

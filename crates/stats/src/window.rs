@@ -358,6 +358,19 @@ impl<K: Ord> KeyedWindow<K> {
         self.slices.values().map(BTreeMap::len).sum()
     }
 
+    /// The partials every source set for `second`.
+    pub(crate) fn sources_at(&self, second: u64) -> impl Iterator<Item = &Partial> {
+        self.slices
+            .get(&second)
+            .into_iter()
+            .flat_map(|m| m.values())
+    }
+
+    /// The oldest second a snapshot at `now` covers.
+    pub(crate) fn oldest_second_at(&self, now: u64) -> u64 {
+        self.clock.oldest_at(now)
+    }
+
     /// True when nothing is stored.
     pub fn is_empty(&self) -> bool {
         self.slices.is_empty()

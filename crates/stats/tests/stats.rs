@@ -700,7 +700,10 @@ fn resends_replace_and_never_double_count() {
     assert_eq!(pod.on_accepted(&ack2), vec![2]);
     assert_eq!(pod.pending(), 0);
     // Nothing changed since: the next message carries no slices, only the backlog.
-    assert!(pod.message("p1", 0, PodBacklog::default()).slices.is_empty());
+    assert!(pod
+        .message("p1", 0, PodBacklog::default())
+        .slices
+        .is_empty());
 }
 
 /// "Partials addressed to a stale epoch are rejected"; "a pod that sees a new epoch resends
@@ -715,7 +718,10 @@ fn epochs_fence_the_exchange_and_a_new_epoch_gets_everything() {
     let m = pod.message("p1", 3, PodBacklog::default());
     let ack = old.accept(m, T + 2).unwrap();
     assert_eq!(pod.on_accepted(&ack).len(), 3);
-    assert!(pod.message("p1", 3, PodBacklog::default()).slices.is_empty());
+    assert!(pod
+        .message("p1", 3, PodBacklog::default())
+        .slices
+        .is_empty());
     // An answer from another epoch releases nothing.
     pod.record(T + 2, &one(T + 2, 9, 9), 99);
     assert!(pod
@@ -753,7 +759,11 @@ fn failover_restores_exact_totals_from_replica_and_pods() {
     let names = ["p0", "p1", "p2"];
     for s in 0..10u64 {
         for (i, pod) in pods.iter_mut().enumerate() {
-            pod.record(T + s, &one(T + s, s * 3 + i as u64, (s as u32) * 7 + i as u32), 0);
+            pod.record(
+                T + s,
+                &one(T + s, s * 3 + i as u64, (s as u32) * 7 + i as u32),
+                0,
+            );
             let m = pod.message(names[i], 0, PodBacklog::default());
             replica.absorb(m.clone(), T + s);
             let ack = old.accept(m, T + s).unwrap();
@@ -772,7 +782,10 @@ fn failover_restores_exact_totals_from_replica_and_pods() {
     new.accept(m, T + 9).unwrap();
     let after = new.snapshot(T + 9);
     assert_eq!(after.total, before.total);
-    assert_eq!(after, before, "the whole snapshot, users and latency included");
+    assert_eq!(
+        after, before,
+        "the whole snapshot, users and latency included"
+    );
     assert_eq!(after.breakdowns, before.breakdowns);
     assert_eq!(after.top_groups, before.top_groups);
 }
@@ -812,4 +825,40 @@ fn expiry_hands_back_unacknowledged_items_and_late_slices_are_acknowledged() {
     assert_eq!(pod.on_accepted(&ack), vec![8]);
     assert_eq!(leader.late(), 1);
     assert_eq!(leader.snapshot(T + 400).total, 0);
+}
+
+/// The reducer's per-second merge cache gives exactly the snapshot of a `KeyedWindow` holding
+/// the same latest partials, through replacements, late resends and expiry.
+#[test]
+fn reducer_snapshots_equal_a_keyed_window_of_the_latest_partials() {
+    let mut rng = StdRng::seed_from_u64(99);
+    let config = WindowConfig {
+        seconds: 20,
+        ..WindowConfig::default()
+    };
+    let mut reducer = Reducer::new(config.clone(), T, 0).unwrap();
+    let mut pods: Vec<Outbox<u32>> = (0..4).map(|_| Outbox::new(20)).collect();
+    let mut latest: BTreeMap<(usize, u64), Partial> = BTreeMap::new();
+    for step in 0..120u64 {
+        let now = T + step / 3;
+        let p = rng.gen_range(0..4usize);
+        let second = now - rng.gen_range(0..3u64);
+        let recs: Vec<Rec> = (0..rng.gen_range(1..4))
+            .map(|_| random_rec(&mut rng, second..=second, 500))
+            .collect();
+        let part = partial_of(&recs);
+        pods[p].record(second, &part, 0);
+        let entry = latest.entry((p, second)).or_default();
+        entry.merge(&part);
+        let m = pods[p].message(&format!("p{p}"), 0, PodBacklog::default());
+        reducer.accept(m, now).unwrap();
+        reducer.advance(now);
+        if step % 7 == 0 {
+            let mut expected = KeyedWindow::new(config.clone(), now).unwrap();
+            for ((pod, s), part) in &latest {
+                let _ = expected.set(*pod, *s, part.clone());
+            }
+            assert_eq!(reducer.snapshot(now), expected.snapshot(now), "step {step}");
+        }
+    }
 }

@@ -206,6 +206,16 @@ impl SymCaches {
         &self.store
     }
 
+    /// How long a missing or malformed debug file is remembered.
+    pub fn negative_ttl(&self) -> Duration {
+        self.config.negative_ttl
+    }
+
+    /// The current instant of the injected clock.
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
     /// Counters since start.
     pub fn counters(&self) -> CacheCounters {
         *self.counters.lock()

@@ -10,26 +10,46 @@
 //! O(1) work and a hard bound of `capacity` entries. Entries are keyed by (debug id, address)
 //! and stamped with the generation of the SymCache they came from, so a re-uploaded debug file
 //! (a new SymCache) never serves stale frames.
+//!
+//! With a shared frame cache installed ([`crate::SharedFrames`]), the near cache is asked
+//! *before* the SymCache is loaded, so it cannot key on a SymCache generation: the shared path
+//! keeps its own map, keyed by [`FrameKey`] (the module-relative address before the caller
+//! adjustment) and holding [`FrameValue`]s, negatives included, which expire after the
+//! negative TTL. Stale values after an upload are recognised by their computation time (see
+//! `shared.rs`). Both maps share the bound and the counters.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use symbolic::common::DebugId;
 
+use crate::shared::{FrameKey, FrameValue};
 use crate::symbolicator::SourceFrame;
 
 const SHARDS: usize = 16;
 
 type Key = (DebugId, u64);
 
-#[derive(Default)]
-struct Generations {
-    hot: HashMap<Key, (u64, Arc<[SourceFrame]>)>,
-    cold: HashMap<Key, (u64, Arc<[SourceFrame]>)>,
+struct Generations<K, V> {
+    hot: HashMap<K, V>,
+    cold: HashMap<K, V>,
 }
+
+impl<K, V> Default for Generations<K, V> {
+    fn default() -> Self {
+        Self {
+            hot: HashMap::new(),
+            cold: HashMap::new(),
+        }
+    }
+}
+
+/// A shared-path entry: the value, and until when a negative one may be served.
+type SharedEntry = (FrameValue, Option<Instant>);
 
 /// Hit and miss counts of the near cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,7 +64,8 @@ pub struct FrameCacheStats {
 
 /// A bounded cache of symbolicated addresses (see the module docs).
 pub struct FrameCache {
-    shards: Vec<Mutex<Generations>>,
+    shards: Vec<Mutex<Generations<Key, (u64, Arc<[SourceFrame]>)>>>,
+    shared: Vec<Mutex<Generations<FrameKey, SharedEntry>>>,
     per_shard: usize,
     hasher: std::collections::hash_map::RandomState,
     hits: AtomicU64,
@@ -64,6 +85,7 @@ impl FrameCache {
     pub fn new(capacity: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shared: (0..SHARDS).map(|_| Mutex::default()).collect(),
             per_shard: (capacity / SHARDS).max(2),
             hasher: Default::default(),
             hits: AtomicU64::new(0),
@@ -71,8 +93,45 @@ impl FrameCache {
         }
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<Generations> {
+    fn shard(&self, key: &Key) -> &Mutex<Generations<Key, (u64, Arc<[SourceFrame]>)>> {
         &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    }
+
+    fn count(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The shared-path value of `key`, unless absent, expired at `now` or not `usable`.
+    pub(crate) fn get_value(
+        &self,
+        key: &FrameKey,
+        now: Instant,
+        usable: impl Fn(&FrameValue) -> bool,
+    ) -> Option<FrameValue> {
+        let shard = &self.shared[self.hasher.hash_one(key) as usize % SHARDS];
+        let mut shard = shard.lock();
+        let live = |e: &SharedEntry| e.1.is_none_or(|until| now < until) && usable(&e.0);
+        let found = match shard.hot.get(key) {
+            Some(e) if live(e) => Some(e.0.clone()),
+            _ => match shard.cold.remove(key) {
+                Some(e) if live(&e) => {
+                    let value = e.0.clone();
+                    insert(&mut shard, self.per_shard, *key, e);
+                    Some(value)
+                }
+                _ => None,
+            },
+        };
+        drop(shard);
+        self.count(found.is_some());
+        found
+    }
+
+    /// Remembers the shared-path value of `key`, negative ones until `until`.
+    pub(crate) fn put_value(&self, key: FrameKey, value: FrameValue, until: Option<Instant>) {
+        let shard = &self.shared[self.hasher.hash_one(key) as usize % SHARDS];
+        insert(&mut shard.lock(), self.per_shard, key, (value, until));
     }
 
     /// The frames cached for `key` from SymCache generation `generation`.
@@ -83,26 +142,21 @@ impl FrameCache {
             _ => match shard.cold.remove(key) {
                 Some((g, frames)) if g == generation => {
                     let per_shard = self.per_shard;
-                    insert(&mut shard, per_shard, *key, generation, frames.clone());
+                    insert(&mut shard, per_shard, *key, (generation, frames.clone()));
                     Some(frames)
                 }
                 _ => None,
             },
         };
         drop(shard);
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.count(found.is_some());
         found
     }
 
     /// Remembers the frames of `key`.
     pub(crate) fn put(&self, key: Key, generation: u64, frames: Arc<[SourceFrame]>) {
         let mut shard = self.shard(&key).lock();
-        insert(&mut shard, self.per_shard, key, generation, frames);
+        insert(&mut shard, self.per_shard, key, (generation, frames));
     }
 
     /// Counters and size.
@@ -114,7 +168,15 @@ impl FrameCache {
                 let s = s.lock();
                 (s.hot.len() + s.cold.len()) as u64
             })
-            .sum();
+            .sum::<u64>()
+            + self
+                .shared
+                .iter()
+                .map(|s| {
+                    let s = s.lock();
+                    (s.hot.len() + s.cold.len()) as u64
+                })
+                .sum::<u64>();
         FrameCacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
@@ -123,15 +185,9 @@ impl FrameCache {
     }
 }
 
-fn insert(
-    shard: &mut Generations,
-    per_shard: usize,
-    key: Key,
-    generation: u64,
-    frames: Arc<[SourceFrame]>,
-) {
+fn insert<K: Hash + Eq, V>(shard: &mut Generations<K, V>, per_shard: usize, key: K, value: V) {
     if shard.hot.len() >= per_shard / 2 {
         shard.cold = std::mem::take(&mut shard.hot);
     }
-    shard.hot.insert(key, (generation, frames));
+    shard.hot.insert(key, value);
 }

@@ -9,6 +9,9 @@
 //!    a TTL.
 //! 3. [`Symbolicator`] adjusts return addresses, looks them up, expands inlined frames and
 //!    demangles names, reporting a [`FrameStatus`] per frame.
+//! 4. Optionally, a cache shared by the pods of a cluster ([`SharedFrames`], keyed by
+//!    [`FrameKey`], holding [`FrameValue`]s) answers frames other pods already symbolicated,
+//!    without loading the SymCache.
 //!
 //! Crash events ([`CrashEvent`]) are validated by hand so every error names its field.
 //! Everything here is blocking; async callers run it on a blocking pool.
@@ -21,6 +24,7 @@ mod event;
 mod fast;
 mod frames;
 mod object;
+mod shared;
 mod store;
 mod symbolicator;
 
@@ -32,7 +36,8 @@ pub use event::{
 };
 pub use frames::{FrameCache, FrameCacheStats};
 pub use object::{inspect, ObjectError, ObjectInfo};
-pub use store::{StoreError, StoredFile, SymbolStore};
+pub use shared::{FrameKey, FrameValue, SharedFrames};
+pub use store::{IndexChange, StoreError, StoredFile, SymbolStore};
 pub use symbolic::common::DebugId;
 pub use symbolicator::{
     caller_address, EventMeta, FrameStatus, ModuleReport, SourceFrame, SymbolicatedCrash,

@@ -60,6 +60,20 @@ pub struct StoredFile {
     pub object: ObjectInfo,
 }
 
+/// What importing a file did to the index entry of one debug id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexChange {
+    /// No file answered for the id before; this one does now.
+    New,
+    /// Another file (other bytes, or another path) answered for the id; this one does now.
+    Replaced,
+    /// The same file was imported again.
+    Unchanged,
+    /// The file was stored but the indexed one still answers (it has debug information and
+    /// this one has not).
+    NotIndexed,
+}
+
 /// A directory of debug files in the symbol-server layout, with an index by debug id.
 #[derive(Debug, Clone)]
 pub struct SymbolStore {
@@ -131,6 +145,21 @@ impl SymbolStore {
     /// the layout once per object and indexes each id. A file that cannot be parsed, or holds
     /// nothing usable, is refused with the reason and nothing is written.
     pub fn add_bytes(&self, name: &str, data: &[u8]) -> Result<Vec<StoredFile>, StoreError> {
+        Ok(self
+            .add_bytes_changes(name, data)?
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect())
+    }
+
+    /// [`add_bytes`](Self::add_bytes), also telling per object what happened to the index
+    /// entry of its debug id (caches of symbolication results use it: only a
+    /// [`Replaced`](IndexChange::Replaced) entry can make results computed earlier wrong).
+    pub fn add_bytes_changes(
+        &self,
+        name: &str,
+        data: &[u8],
+    ) -> Result<Vec<(StoredFile, IndexChange)>, StoreError> {
         if !valid_component(name) {
             return Err(StoreError::InvalidName(name.to_string()));
         }
@@ -149,13 +178,25 @@ impl SymbolStore {
             let rel = format!("{}/{}/{}", debug_file, object.debug_id.breakpad(), name);
             let path = self.root.join(&rel);
             let entry = StoredFile { path: rel, object };
-            let index_it = self.should_index(&entry);
+            let old = self.entry(&entry.object.debug_id);
+            let index_it = match &old {
+                Some(old) => entry.object.has_debug_info || !old.object.has_debug_info,
+                None => true,
+            };
+            let change = match &old {
+                _ if !index_it => IndexChange::NotIndexed,
+                None => IndexChange::New,
+                Some(old)
+                    if old.path == entry.path
+                        && fs::read(self.root.join(&old.path)).is_ok_and(|b| b == data) =>
+                {
+                    IndexChange::Unchanged
+                }
+                Some(_) => IndexChange::Replaced,
+            };
             // A file that loses to the indexed one must not overwrite it when both have the
             // same name (a dSYM's DWARF file and its executable; an ELF and its debug file).
-            let keep_existing = !index_it
-                && self
-                    .entry(&entry.object.debug_id)
-                    .is_some_and(|old| old.path == entry.path);
+            let keep_existing = !index_it && old.is_some_and(|old| old.path == entry.path);
             if !keep_existing {
                 write_atomic(&path, data).map_err(io_err(&path))?;
             }
@@ -164,16 +205,9 @@ impl SymbolStore {
                 let json = serde_json::to_vec(&entry).expect("StoredFile serializes");
                 write_atomic(&index, &json).map_err(io_err(&index))?;
             }
-            stored.push(entry);
+            stored.push((entry, change));
         }
         Ok(stored)
-    }
-
-    fn should_index(&self, new: &StoredFile) -> bool {
-        match self.entry(&new.object.debug_id) {
-            Some(old) => new.object.has_debug_info || !old.object.has_debug_info,
-            None => true,
-        }
     }
 
     /// The index entry for `debug_id`, if a file is stored for it.

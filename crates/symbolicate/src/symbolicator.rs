@@ -15,9 +15,9 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use symbolic::common::{Arch, DebugId, InstructionInfo, Language, Name};
 use symbolic::demangle::{Demangle, DemangleOptions};
 use symbolic::symcache::SymCache;
@@ -25,8 +25,9 @@ use symbolic::symcache::SymCache;
 use parking_lot::RwLock;
 
 use crate::cache::{CacheError, LoadedSymCache, SymCaches};
-use crate::event::{AddrMode, CrashEvent, Module};
+use crate::event::{AddrMode, CrashEvent, Frame, Module};
 use crate::frames::FrameCache;
+use crate::shared::{SharedFrames, Uploads};
 
 /// Outcome of symbolicating one frame, as Symbolicator names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -55,6 +56,7 @@ impl FrameStatus {
 }
 
 /// One source location found for an address: a function, possibly inlined into the next.
+/// (Deserializable so shared caches can carry it; an unknown language reads as `unknown`.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SourceFrame {
     /// Demangled function name (C++ with parameters, Rust without hash, Swift).
@@ -62,7 +64,7 @@ pub struct SourceFrame {
     /// The name as stored in the debug file (mangled, when it was).
     pub raw_function: Arc<str>,
     /// Full source path, when the debug file has line information.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abs_path: Option<Arc<str>>,
     /// Line number (0 when unknown).
     pub lineno: u32,
@@ -70,6 +72,32 @@ pub struct SourceFrame {
     pub lang: &'static str,
     /// Whether this location was inlined into the next one.
     pub inlined: bool,
+}
+
+/// [`SourceFrame`] as read back (the language as an owned string).
+#[derive(Deserialize)]
+struct WireSourceFrame {
+    function: Arc<str>,
+    raw_function: Arc<str>,
+    #[serde(default)]
+    abs_path: Option<Arc<str>>,
+    lineno: u32,
+    lang: String,
+    inlined: bool,
+}
+
+impl<'de> Deserialize<'de> for SourceFrame {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = WireSourceFrame::deserialize(d)?;
+        Ok(SourceFrame {
+            function: w.function,
+            raw_function: w.raw_function,
+            abs_path: w.abs_path,
+            lineno: w.lineno,
+            lang: w.lang.parse::<Language>().map_or("unknown", language_name),
+            inlined: w.inlined,
+        })
+    }
 }
 
 /// One output frame of a symbolicated thread.
@@ -271,11 +299,54 @@ pub(crate) fn lookup_in(cache: &SymCache<'_>, names: &NameMemo, addr: u64) -> Ve
     frames
 }
 
-/// Symbolicates frames and events against the SymCaches of a symbol store.
-#[derive(Debug, Clone)]
+/// Symbolicates frames and events against the SymCaches of a symbol store, optionally through
+/// a near cache ([`FrameCache`]) and a cache shared by the pods of a cluster
+/// ([`SharedFrames`], see `shared.rs`). Clones share both caches.
+#[derive(Clone)]
 pub struct Symbolicator {
-    caches: Arc<SymCaches>,
-    near: Option<Arc<FrameCache>>,
+    pub(crate) caches: Arc<SymCaches>,
+    pub(crate) near: Option<Arc<FrameCache>>,
+    pub(crate) shared: Arc<OnceLock<Arc<dyn SharedFrames>>>,
+    pub(crate) uploads: Arc<Uploads>,
+}
+
+impl std::fmt::Debug for Symbolicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Symbolicator")
+            .field("caches", &self.caches)
+            .field("near", &self.near)
+            .field("shared", &self.shared.get().is_some())
+            .finish()
+    }
+}
+
+/// A reported frame's absolute address and the index of the module it lies in.
+pub(crate) fn frame_address(modules: &[Module], frame: &Frame) -> (u64, Option<usize>) {
+    match frame.addr_mode {
+        AddrMode::Abs => (
+            frame.instruction_addr,
+            module_for(modules, frame.instruction_addr),
+        ),
+        AddrMode::Rel(n) => (
+            modules[n].image_addr.wrapping_add(frame.instruction_addr),
+            Some(n),
+        ),
+    }
+}
+
+impl EventMeta {
+    pub(crate) fn of(event: &CrashEvent) -> Self {
+        EventMeta {
+            event_id: event.event_id.clone(),
+            timestamp_ms: event.timestamp_ms,
+            app: event.app.clone(),
+            platform: event.platform.clone(),
+            os: event.os.clone(),
+            device_model: event.device_model.clone(),
+            user_id: event.user_id.clone(),
+            exception: event.exception.clone(),
+        }
+    }
 }
 
 fn module_for(modules: &[Module], addr: u64) -> Option<usize> {
@@ -306,7 +377,12 @@ type ModuleCache = Result<Arc<LoadedSymCache>, CacheError>;
 impl Symbolicator {
     /// A symbolicator over `caches`.
     pub fn new(caches: Arc<SymCaches>) -> Self {
-        Self { caches, near: None }
+        Self {
+            caches,
+            near: None,
+            shared: Arc::default(),
+            uploads: Arc::default(),
+        }
     }
 
     /// A symbolicator that remembers symbolicated addresses in `near` (see [`FrameCache`]).
@@ -315,6 +391,8 @@ impl Symbolicator {
         Self {
             caches,
             near: Some(near),
+            shared: Arc::default(),
+            uploads: Arc::default(),
         }
     }
 
@@ -367,25 +445,24 @@ impl Symbolicator {
         })
     }
 
-    /// Symbolicates every frame of every thread of `event`. Blocking and CPU-bound.
+    /// Symbolicates every frame of every thread of `event`. Blocking and CPU-bound; with a
+    /// shared cache installed ([`install_shared`](Self::install_shared)) it also waits for the
+    /// cache (see `shared.rs`), with the same output.
     pub fn symbolicate(&self, event: &CrashEvent) -> SymbolicatedCrash {
+        match self.shared.get() {
+            Some(shared) => self.symbolicate_shared(event, shared.as_ref()),
+            None => self.symbolicate_local(event),
+        }
+    }
+
+    /// The unshared path: near cache, then the SymCache of each module.
+    fn symbolicate_local(&self, event: &CrashEvent) -> SymbolicatedCrash {
         let mut loaded: HashMap<usize, ModuleCache> = HashMap::new();
         let mut threads = Vec::with_capacity(event.threads.len());
         for thread in &event.threads {
             let mut frames = Vec::with_capacity(thread.frames.len());
             for (index, frame) in thread.frames.iter().enumerate() {
-                let (abs, module_index) = match frame.addr_mode {
-                    AddrMode::Abs => (
-                        frame.instruction_addr,
-                        module_for(&event.modules, frame.instruction_addr),
-                    ),
-                    AddrMode::Rel(n) => (
-                        event.modules[n]
-                            .image_addr
-                            .wrapping_add(frame.instruction_addr),
-                        Some(n),
-                    ),
-                };
+                let (abs, module_index) = frame_address(&event.modules, frame);
                 let base = SymbolicatedFrame {
                     status: FrameStatus::UnknownImage,
                     original_index: index,
@@ -477,16 +554,7 @@ impl Symbolicator {
             })
             .collect();
         SymbolicatedCrash {
-            event: EventMeta {
-                event_id: event.event_id.clone(),
-                timestamp_ms: event.timestamp_ms,
-                app: event.app.clone(),
-                platform: event.platform.clone(),
-                os: event.os.clone(),
-                device_model: event.device_model.clone(),
-                user_id: event.user_id.clone(),
-                exception: event.exception.clone(),
-            },
+            event: EventMeta::of(event),
             threads,
             modules,
         }

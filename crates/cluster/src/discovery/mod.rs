@@ -199,7 +199,9 @@ async fn spawn_resolver(entries: Vec<(String, u16)>, interval: Duration) -> Disc
                         }
                     });
                 }
-                Err(e) => tracing::warn!(error = %e, "discovery: resolution failed; keeping the last set"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "discovery: resolution failed; keeping the last set")
+                }
             }
             if tx.is_closed() {
                 return;

@@ -79,16 +79,28 @@ impl GridConfig {
     /// Checks each field and the rules between them.
     pub fn validate(&self) -> Result<(), String> {
         if self.name.is_empty() || self.name.contains('.') {
-            return Err(format!("name {:?} must be non-empty and without dots", self.name));
+            return Err(format!(
+                "name {:?} must be non-empty and without dots",
+                self.name
+            ));
         }
         if !(1..=65_536).contains(&self.partitions) {
-            return Err(format!("partitions ({}) must be within 1..=65536", self.partitions));
+            return Err(format!(
+                "partitions ({}) must be within 1..=65536",
+                self.partitions
+            ));
         }
         if self.backup_count > 6 {
-            return Err(format!("backup_count ({}) must be at most 6", self.backup_count));
+            return Err(format!(
+                "backup_count ({}) must be at most 6",
+                self.backup_count
+            ));
         }
         if self.max_bytes < 4096 {
-            return Err(format!("max_bytes ({}) must be at least 4096", self.max_bytes));
+            return Err(format!(
+                "max_bytes ({}) must be at least 4096",
+                self.max_bytes
+            ));
         }
         if self.migration_chunk_entries == 0 || self.migration_chunk_bytes == 0 {
             return Err("migration chunks must allow at least one entry and one byte".into());

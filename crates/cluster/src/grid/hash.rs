@@ -107,7 +107,7 @@ pub trait GridValue: Serialize + DeserializeOwned + Clone + Send + Sync + 'stati
 }
 
 /// The stable 64-bit hash of a key.
-pub fn key_hash<K: GridKey + ?Sized>(key: &K) -> u64 {
+pub fn key_hash<K: GridKey>(key: &K) -> u64 {
     let mut h = StableHasher::new();
     key.stable_hash(&mut h);
     h.finish()
@@ -176,6 +176,16 @@ impl GridValue for String {
     }
 }
 
+/// Shared values: a hit clones the `Arc`, not the value (serialized as the value itself).
+impl<T: GridValue> GridValue for std::sync::Arc<T> {
+    fn size_bytes(&self) -> usize {
+        (**self).size_bytes() + 2 * std::mem::size_of::<usize>()
+    }
+    fn ttl(&self) -> Option<Duration> {
+        (**self).ttl()
+    }
+}
+
 impl GridValue for Vec<u8> {
     fn size_bytes(&self) -> usize {
         std::mem::size_of::<Vec<u8>>() + self.capacity()
@@ -190,7 +200,10 @@ mod tests {
     fn hashes_are_pinned_so_every_build_agrees() {
         // Pinned values: if one changes, keys move partitions between two builds of a
         // rolling upgrade. Change only with a migration plan.
-        assert_eq!(key_hash(&"debug-id:0x1000".to_string()), key_hash(&"debug-id:0x1000".to_string()));
+        assert_eq!(
+            key_hash(&"debug-id:0x1000".to_string()),
+            key_hash(&"debug-id:0x1000".to_string())
+        );
         let pinned = [
             key_hash(&String::from("a")),
             key_hash(&7u64),
@@ -199,7 +212,11 @@ mod tests {
         assert_eq!(pinned, PINNED);
     }
 
-    const PINNED: [u64; 3] = [8046445313457033445, 16896715743380347163, 13902218885403716190];
+    const PINNED: [u64; 3] = [
+        8046445313457033445,
+        16896715743380347163,
+        13902218885403716190,
+    ];
 
     #[test]
     fn tuples_are_length_prefixed() {
@@ -218,7 +235,10 @@ mod tests {
             counts[p as usize] += 1;
         }
         // 1000 expected per partition; a uniform hash stays well within ±20 %.
-        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
         assert_eq!(partition_of(0, n), 0);
         assert_eq!(partition_of(u64::MAX, n), n - 1);
     }

@@ -10,8 +10,8 @@
 //!
 //! A [`PartitionTable`] lists, per partition, the owner then `backup_count` backups (1 by
 //! default). The **leader** (the cluster's lease holder) computes it from the member list by
-//! rendezvous hashing with per-member caps, starting from the previous table (see
-//! [`table`](self::table) docs: balanced to `ceil(partitions / members)` per member and rank,
+//! rendezvous hashing with per-member quotas, starting from the previous table (see
+//! `table.rs`: each member holds `floor` or `ceil` of `partitions / members` slots per rank,
 //! a removal moves only the removed member's slots, a join moves about `1/N`). It recomputes
 //! when the member list has been stable for `table_debounce` (200 ms), bumps the version and
 //! sends the table with its fencing epoch to every member (`<name>.table`), resending every
@@ -118,7 +118,7 @@ mod node;
 mod plan;
 mod stats;
 mod store;
-pub mod table;
+mod table;
 mod wire;
 
 pub use config::GridConfig;
@@ -126,5 +126,7 @@ pub use hash::{key_hash, partition_of, GridKey, GridValue, StableHasher};
 pub use node::{Grid, GridError, LeaveReport, Safety};
 pub use plan::{plan_leave, plan_migration, MigrationPlan, Push, Transfer};
 pub use stats::{GridStats, GridStatsSnapshot, LatencyHistogram};
-pub use store::{Clock, Cursor, Inserted, ManualClock, Store, SystemClock, WireEntry, ENTRY_OVERHEAD};
+pub use store::{
+    Clock, Cursor, Inserted, ManualClock, Store, SystemClock, WireEntry, ENTRY_OVERHEAD,
+};
 pub use table::{assign, rendezvous_weight, PartitionTable};

@@ -37,7 +37,11 @@ pub struct Push {
 
 /// The plan of node `me` for the change `old` → `new` (`old` is `None` for a node that had no
 /// table yet: everything it holds in `new` is to be received, from the other replicas).
-pub fn plan_migration(old: Option<&PartitionTable>, new: &PartitionTable, me: &str) -> MigrationPlan {
+pub fn plan_migration(
+    old: Option<&PartitionTable>,
+    new: &PartitionTable,
+    me: &str,
+) -> MigrationPlan {
     let mut plan = MigrationPlan::default();
     for p in 0..new.partitions() {
         let had = old.is_some_and(|o| o.is_replica(p, me));
@@ -105,12 +109,21 @@ mod tests {
     fn nodes(ids: &[&str]) -> Vec<NodeInfo> {
         ids.iter()
             .enumerate()
-            .map(|(i, id)| NodeInfo::new(id.to_string(), ([127, 0, 0, 1], 7000 + i as u16).into(), 1))
+            .map(|(i, id)| {
+                NodeInfo::new(id.to_string(), ([127, 0, 0, 1], 7000 + i as u16).into(), 1)
+            })
             .collect()
     }
 
     fn table(ids: &[&str], prev: Option<&PartitionTable>, backups: u32) -> PartitionTable {
-        PartitionTable::compute(&nodes(ids), prev, 271, backups, prev.map_or(1, |p| p.version + 1), 0)
+        PartitionTable::compute(
+            &nodes(ids),
+            prev,
+            271,
+            backups,
+            prev.map_or(1, |p| p.version + 1),
+            0,
+        )
     }
 
     /// Rule: a joining node pulls exactly the partitions it now holds, from the previous owner
@@ -121,9 +134,16 @@ mod tests {
         let new = table(&["a", "b", "c", "d"], Some(&old), 1);
         let plan = plan_migration(Some(&old), &new, "d");
         let held: Vec<u32> = (0..271).filter(|p| new.is_replica(*p, "d")).collect();
-        assert_eq!(plan.pull.iter().map(|t| t.partition).collect::<Vec<_>>(), held);
+        assert_eq!(
+            plan.pull.iter().map(|t| t.partition).collect::<Vec<_>>(),
+            held
+        );
         for t in &plan.pull {
-            assert_eq!(&t.sources[..2], old.replicas(t.partition), "previous owner, then backup");
+            assert_eq!(
+                &t.sources[..2],
+                old.replicas(t.partition),
+                "previous owner, then backup"
+            );
             assert!(t.push_from.is_empty());
         }
         assert!(plan.released.is_empty());
@@ -147,8 +167,11 @@ mod tests {
         for me in ["a", "b"] {
             for t in plan_migration(Some(&old), &new, me).pull {
                 assert!(old.is_replica(t.partition, "c"));
-                let survivor: Vec<&String> =
-                    old.replicas(t.partition).iter().filter(|x| *x != "c").collect();
+                let survivor: Vec<&String> = old
+                    .replicas(t.partition)
+                    .iter()
+                    .filter(|x| *x != "c")
+                    .collect();
                 assert_eq!(t.sources.first(), survivor.first().copied());
             }
         }

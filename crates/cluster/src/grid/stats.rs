@@ -49,7 +49,11 @@ impl LatencyHistogram {
 
     /// The `q` quantile (0..=1) in microseconds (upper bound of its bucket); 0 when empty.
     pub fn quantile(&self, q: f64) -> u64 {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return 0;
@@ -223,8 +227,16 @@ mod tests {
             let b = bucket_of(us);
             assert!(b >= last);
             last = b;
-            assert!(upper_bound(b) >= us, "{us} in bucket {b} bounded by {}", upper_bound(b));
-            assert!(upper_bound(b) <= us + us / 4 + 1, "{us}: {}", upper_bound(b));
+            assert!(
+                upper_bound(b) >= us,
+                "{us} in bucket {b} bounded by {}",
+                upper_bound(b)
+            );
+            assert!(
+                upper_bound(b) <= us + us / 4 + 1,
+                "{us}: {}",
+                upper_bound(b)
+            );
         }
     }
 

@@ -213,7 +213,10 @@ impl<K: GridKey, V: GridValue> Store<K, V> {
 
     fn remove_slot(&mut self, i: u32) -> Entry<K, V> {
         self.unlink(i);
-        let e = self.slots[i as usize].entry.take().expect("linked slot holds an entry");
+        let e = self.slots[i as usize]
+            .entry
+            .take()
+            .expect("linked slot holds an entry");
         self.index.remove(&e.key);
         self.partitions[e.partition as usize].remove(&(e.hash, i));
         self.bytes -= e.size;
@@ -319,7 +322,10 @@ impl<K: GridKey, V: GridValue> Store<K, V> {
 
     /// Removes every entry of partition `p`; how many.
     pub fn drop_partition(&mut self, p: u32) -> usize {
-        let slots: Vec<u32> = self.partitions[p as usize].iter().map(|(_, i)| *i).collect();
+        let slots: Vec<u32> = self.partitions[p as usize]
+            .iter()
+            .map(|(_, i)| *i)
+            .collect();
         for i in &slots {
             self.remove_slot(*i);
         }
@@ -363,7 +369,13 @@ mod tests {
     use super::*;
     use crate::grid::hash::{key_hash, partition_of};
 
-    fn put(s: &mut Store<String, String>, k: &str, v: &str, exp: Option<u64>, now: u64) -> Inserted {
+    fn put(
+        s: &mut Store<String, String>,
+        k: &str,
+        v: &str,
+        exp: Option<u64>,
+        now: u64,
+    ) -> Inserted {
         let h = key_hash(&k.to_string());
         s.insert(k.into(), h, partition_of(h, 7), v.into(), exp, now, false)
     }
@@ -419,12 +431,18 @@ mod tests {
         put(&mut s, "a", "new", None, 0);
         let h = key_hash(&"a".to_string());
         let p = partition_of(h, 7);
-        assert_eq!(s.insert("a".into(), h, p, "old".into(), None, 0, true), Inserted::Kept);
+        assert_eq!(
+            s.insert("a".into(), h, p, "old".into(), None, 0, true),
+            Inserted::Kept
+        );
         assert_eq!(s.get(&"a".into(), 0).as_deref(), Some("new"));
         put(&mut s, "b", "gone", Some(10), 0);
         let h = key_hash(&"b".to_string());
         let p = partition_of(h, 7);
-        assert_eq!(s.insert("b".into(), h, p, "fresh".into(), None, 20, true), Inserted::Stored);
+        assert_eq!(
+            s.insert("b".into(), h, p, "fresh".into(), None, 20, true),
+            Inserted::Stored
+        );
     }
 
     /// Rule: per-partition iteration for migration pages through every live entry exactly
@@ -469,7 +487,10 @@ mod tests {
         let mut rest = 0;
         for p in 0..7 {
             let (chunk, _) = s.partition_chunk(p, None, usize::MAX, usize::MAX, 0);
-            rest += chunk.iter().map(|(k, v, _)| entry_size(k, v)).sum::<usize>();
+            rest += chunk
+                .iter()
+                .map(|(k, v, _)| entry_size(k, v))
+                .sum::<usize>();
         }
         assert_eq!(s.bytes(), rest);
     }

@@ -8,23 +8,28 @@
 //!
 //! Plain rendezvous hashing is only *statistically* balanced: with 271 partitions the busiest
 //! of 8 members often owns 1.5× its share, of 20 members 2×. The table is therefore computed
-//! rank by rank (owners, then first backups, ...) with a **cap** of `ceil(partitions /
-//! members)` slots per member and rank, starting from the previous table:
+//! rank by rank (owners, then first backups, ...) with **quotas**: every member holds
+//! `floor(partitions / members)` slots of a rank, and `partitions mod members` of them one
+//! more. Starting from the previous table:
 //!
-//! 1. a member keeps the slots it held at the same rank, most-preferred first, up to the cap;
-//! 2. then slots whose holder left are filled by *promotion*: the next surviving replica of the
-//!    previous table moves up (a backup becomes owner without moving data), within the cap;
+//! 1. a member keeps the slots it held at the same rank, most-preferred first, within quota;
+//! 2. slots whose holder left are filled by *promotion*: the next surviving replica of the
+//!    previous table moves up (a backup becomes owner without moving data), within quota;
 //! 3. what is left goes, in partition order, to the candidate that already holds the data if
-//!    it is under the cap, else to the highest-ranked candidate under the cap, else (only when
-//!    every candidate is at its cap) to the least-loaded one.
+//!    it has room, else to the best-ranked candidate with room; when every candidate is full
+//!    (the members with room already hold a lower rank of that partition), a slot of another
+//!    partition is handed to a member with room to free one.
 //!
 //! A replica is never listed twice for one partition, so with two or more members a backup is
 //! never the owner. Consequences, checked by the property tests:
 //!
-//! - balance: no member holds more than `ceil(partitions / members)` slots of a rank;
-//! - removing a member moves only the slots it held (the caps rise, every kept slot fits);
-//! - adding an Nth member moves about `1/N` of the slots: the caps fall and each member sheds
-//!   its surplus, least-preferred first, to the newcomer;
+//! - balance: every member holds `floor` or `floor + 1` slots of each rank (when every member
+//!   is a replica of every partition, the last rank is forced and may be off by 2);
+//! - removing a member moves only the slots it held (quotas rise, every kept slot fits — for
+//!   up to 17 members with 271 partitions, beyond which `ceil(P/N) > floor(P/(N-1))` can shed
+//!   a few more); the surviving replica of each stays a replica, and is mostly promoted;
+//! - adding an Nth member moves about `1/N` of the slots: quotas fall and each member sheds its
+//!   surplus, least-preferred first, to the newcomer;
 //! - without a previous table (a new cluster, or a new leader that found none) the result is a
 //!   function of the member ids alone.
 
@@ -101,7 +106,10 @@ impl PartitionTable {
 
     /// Owner then backups of partition `p`.
     pub fn replicas(&self, p: u32) -> &[String] {
-        self.owners.get(p as usize).map(Vec::as_slice).unwrap_or(&[])
+        self.owners
+            .get(p as usize)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// Whether `id` holds partition `p` (as owner or backup).
@@ -220,7 +228,11 @@ pub fn assign(
             .filter_map(|p| raw[p].get(rank).copied().flatten().map(|m| (p, m)))
             .filter(|(p, m)| !slots[*p].contains(m))
             .collect();
-        kept.sort_by(|a, b| weights[b.0][b.1].cmp(&weights[a.0][a.1]).then(a.0.cmp(&b.0)));
+        kept.sort_by(|a, b| {
+            weights[b.0][b.1]
+                .cmp(&weights[a.0][a.1])
+                .then(a.0.cmp(&b.0))
+        });
         for (p, m) in kept {
             if bal.fits(m) {
                 bal.add(m);
@@ -339,7 +351,13 @@ mod tests {
 
     fn names(rng: &mut StdRng, n: usize) -> Vec<String> {
         (0..n)
-            .map(|_| format!("crashgrid-{:08x}-{:05x}", rng.gen::<u32>(), rng.gen::<u32>() >> 12))
+            .map(|_| {
+                format!(
+                    "crashgrid-{:08x}-{:05x}",
+                    rng.gen::<u32>(),
+                    rng.gen::<u32>() >> 12
+                )
+            })
             .collect()
     }
 
@@ -349,7 +367,9 @@ mod tests {
     }
 
     fn load(t: &[Vec<String>], rank: usize, id: &str) -> usize {
-        t.iter().filter(|r| r.get(rank).map(String::as_str) == Some(id)).count()
+        t.iter()
+            .filter(|r| r.get(rank).map(String::as_str) == Some(id))
+            .count()
     }
 
     fn owner_moves(a: &[Vec<String>], b: &[Vec<String>]) -> usize {
@@ -366,7 +386,9 @@ mod tests {
         let nodes = |ids: &[String]| -> Vec<NodeInfo> {
             ids.iter()
                 .enumerate()
-                .map(|(i, id)| NodeInfo::new(id.clone(), ([127, 0, 0, 1], 7000 + i as u16).into(), 1))
+                .map(|(i, id)| {
+                    NodeInfo::new(id.clone(), ([127, 0, 0, 1], 7000 + i as u16).into(), 1)
+                })
                 .collect()
         };
         let a = PartitionTable::compute(&nodes(&ids), None, P, 1, 1, 0);
@@ -456,8 +478,12 @@ mod tests {
                     t = table(&ids[..k], Some(&t), 1);
                 }
                 let gone = rng.gen_range(0..n);
-                let rest: Vec<String> =
-                    ids.iter().enumerate().filter(|(i, _)| *i != gone).map(|(_, s)| s.clone()).collect();
+                let rest: Vec<String> = ids
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != gone)
+                    .map(|(_, s)| s.clone())
+                    .collect();
                 let after = table(&rest, Some(&t), 1);
                 let (mut orphaned, mut promoted) = (0, 0);
                 for (b, a) in t.iter().zip(&after) {
@@ -469,7 +495,10 @@ mod tests {
                         promoted += usize::from(a[0] == b[1]);
                     }
                 }
-                assert!(promoted * 10 >= orphaned * 6, "n={n}: {promoted} of {orphaned} promoted");
+                assert!(
+                    promoted * 10 >= orphaned * 6,
+                    "n={n}: {promoted} of {orphaned} promoted"
+                );
             }
         }
     }

@@ -49,10 +49,13 @@ pub(crate) struct PullReq {
     pub max_bytes: usize,
 }
 
-/// The answer to `pull`. `held: false`: the receiver has no complete copy (then no entries).
+/// The answer to `pull`. `held: false`: the receiver has no complete copy (then no entries);
+/// `receiving`: it is itself receiving the partition from a previous holder (ask again later).
 #[derive(Serialize, Deserialize)]
 pub(crate) struct PullResp<E> {
     pub held: bool,
+    #[serde(default)]
+    pub receiving: bool,
     pub entries: Vec<E>,
     pub next: Option<Cursor>,
 }

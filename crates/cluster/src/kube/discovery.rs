@@ -67,7 +67,11 @@ pub async fn kubernetes_peers(
     client: Client,
     config: KubeDiscoveryConfig,
 ) -> Result<DiscoveryHandle, DiscoveryError> {
-    let invalid = |what: &str| Err(DiscoveryError::Kubernetes(format!("invalid configuration: {what}")));
+    let invalid = |what: &str| {
+        Err(DiscoveryError::Kubernetes(format!(
+            "invalid configuration: {what}"
+        )))
+    };
     if config.namespace.trim().is_empty() {
         return invalid("the namespace is empty");
     }
@@ -282,7 +286,10 @@ where
                     if let Some(set) = peers.apply(event, &extract) {
                         tx.send_if_modified(|current| {
                             if *current != set {
-                                tracing::info!(peers = set.len(), "kubernetes discovery: peer set changed");
+                                tracing::info!(
+                                    peers = set.len(),
+                                    "kubernetes discovery: peer set changed"
+                                );
                                 *current = set;
                                 true
                             } else {
@@ -327,7 +334,10 @@ mod tests {
                 {"addresses": ["pod.example"], "conditions": {"ready": true}},
             ],
         }));
-        let got: Vec<String> = slice_peers(&s, "rpc").iter().map(|a| a.to_string()).collect();
+        let got: Vec<String> = slice_peers(&s, "rpc")
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
         assert_eq!(got, ["10.0.0.1:7946", "10.0.0.3:7946", "10.0.0.4:7946"]);
         assert!(slice_peers(&s, "grpc").is_empty());
     }
@@ -351,11 +361,26 @@ mod tests {
             serde_json::from_value(v).unwrap()
         };
         let addr = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
-        assert_eq!(pod_peer(&pod("Running", "True", Some("10.1.0.1"), false), 7946), addr("10.1.0.1:7946"));
-        assert_eq!(pod_peer(&pod("Running", "True", Some("fd00::1"), false), 7946), addr("[fd00::1]:7946"));
-        assert_eq!(pod_peer(&pod("Running", "False", Some("10.1.0.1"), false), 7946), None);
-        assert_eq!(pod_peer(&pod("Pending", "True", Some("10.1.0.1"), false), 7946), None);
+        assert_eq!(
+            pod_peer(&pod("Running", "True", Some("10.1.0.1"), false), 7946),
+            addr("10.1.0.1:7946")
+        );
+        assert_eq!(
+            pod_peer(&pod("Running", "True", Some("fd00::1"), false), 7946),
+            addr("[fd00::1]:7946")
+        );
+        assert_eq!(
+            pod_peer(&pod("Running", "False", Some("10.1.0.1"), false), 7946),
+            None
+        );
+        assert_eq!(
+            pod_peer(&pod("Pending", "True", Some("10.1.0.1"), false), 7946),
+            None
+        );
         assert_eq!(pod_peer(&pod("Running", "True", None, false), 7946), None);
-        assert_eq!(pod_peer(&pod("Running", "True", Some("10.1.0.1"), true), 7946), None);
+        assert_eq!(
+            pod_peer(&pod("Running", "True", Some("10.1.0.1"), true), 7946),
+            None
+        );
     }
 }

@@ -34,7 +34,29 @@ impl std::fmt::Debug for KubeLease {
 }
 
 impl KubeLease {
+    /// The Lease `name` in `namespace`, through a client built from `config` with kube's
+    /// retry layer turned off (`default_retry = false`); the preferred constructor.
+    ///
+    /// kube-rs's default client retries 429/503/504 answers by replaying the request (up to 15
+    /// times, backing off to minutes). For a lease that is wrong twice over: a call can hang
+    /// far past the elector's renew deadline, and a PUT replayed after a 504 whose first try
+    /// was applied comes back 409, which would be reported as a definitive `Conflict` although
+    /// the write took effect. The elector has its own retry cadence and reads back after
+    /// ambiguous failures, so every failure is passed to it at once instead.
+    pub fn from_config(
+        mut config: ::kube::Config,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Result<Self, LeaseError> {
+        config.default_retry = false;
+        let client = Client::try_from(config).map_err(|e| LeaseError::Backend(Box::new(e)))?;
+        Ok(KubeLease::new(client, namespace, name))
+    }
+
     /// The Lease `name` in `namespace`, through `client` (the Lease need not exist yet).
+    ///
+    /// Prefer [`KubeLease::from_config`], or build `client` with `default_retry = false`: see
+    /// there why kube's retry layer does not belong under a lease.
     pub fn new(client: Client, namespace: impl Into<String>, name: impl Into<String>) -> Self {
         let namespace = namespace.into();
         KubeLease {
@@ -85,7 +107,11 @@ impl KubeLease {
         }
     }
 
-    async fn replace(&self, record: LeaseRecord, expected: &Version) -> Result<Version, LeaseError> {
+    async fn replace(
+        &self,
+        record: LeaseRecord,
+        expected: &Version,
+    ) -> Result<Version, LeaseError> {
         let spec = to_spec(&record)?;
         let meta = match self.seen_at(expected) {
             Some(meta) => meta,
@@ -194,7 +220,10 @@ fn from_lease(lease: &Lease) -> Result<(LeaseRecord, Version), LeaseError> {
     let record = LeaseRecord {
         holder_identity: spec.holder_identity,
         lease_duration_seconds: non_negative("leaseDurationSeconds", spec.lease_duration_seconds)?,
-        acquire_time: spec.acquire_time.map(|t| format_micro_time(&t)).transpose()?,
+        acquire_time: spec
+            .acquire_time
+            .map(|t| format_micro_time(&t))
+            .transpose()?,
         renew_time: spec.renew_time.map(|t| format_micro_time(&t)).transpose()?,
         lease_transitions: non_negative("leaseTransitions", spec.lease_transitions)?.into(),
     };
@@ -204,7 +233,9 @@ fn from_lease(lease: &Lease) -> Result<(LeaseRecord, Version), LeaseError> {
 fn to_spec(record: &LeaseRecord) -> Result<LeaseSpec, LeaseError> {
     let int = |field: &str, value: u64| {
         i32::try_from(value).map_err(|_| {
-            LeaseError::Corrupt(format!("{field} {value} does not fit a Kubernetes Lease (int32)"))
+            LeaseError::Corrupt(format!(
+                "{field} {value} does not fit a Kubernetes Lease (int32)"
+            ))
         })
     };
     Ok(LeaseSpec {
@@ -213,8 +244,16 @@ fn to_spec(record: &LeaseRecord) -> Result<LeaseSpec, LeaseError> {
             "leaseDurationSeconds",
             record.lease_duration_seconds.into(),
         )?),
-        acquire_time: record.acquire_time.as_ref().map(parse_micro_time).transpose()?,
-        renew_time: record.renew_time.as_ref().map(parse_micro_time).transpose()?,
+        acquire_time: record
+            .acquire_time
+            .as_ref()
+            .map(parse_micro_time)
+            .transpose()?,
+        renew_time: record
+            .renew_time
+            .as_ref()
+            .map(parse_micro_time)
+            .transpose()?,
         lease_transitions: Some(int("leaseTransitions", record.lease_transitions)?),
         ..LeaseSpec::default()
     })

@@ -27,6 +27,13 @@
 //! this client has not itself seen the expected version (another client's version), `update`
 //! first GETs the Lease: missing → `NotFound`, another version → `Conflict`, else its uid.
 //!
+//! **No client-side retries.** kube-rs 5's default client carries a retry layer that replays
+//! requests answered 429/503/504 (15 times, 5 ms doubling: minutes in all).
+//! [`KubeLease::from_config`] builds its client with `default_retry = false`: a lease call
+//! must fail fast (the elector retries on its own cadence and must step down by its renew
+//! deadline), and a PUT replayed after a 504 whose first try was applied would come back 409
+//! and be misreported as a definitive `Conflict`.
+//!
 //! RBAC: `leases`: `get`, `create`, `update` in the Lease's namespace (a `Role` with
 //! `resourceNames: [crashgrid-leader]` for get/update; create cannot be limited by name).
 //!
@@ -50,6 +57,10 @@
 //!   pods?labelSelector=...` then watch. A peer is `status.podIP:port` of every pod in phase
 //!   `Running` with condition `Ready=True` and no `metadata.deletionTimestamp`. RBAC: `pods`:
 //!   `get`, `list`, `watch`. Needs no Service, but reads whole Pod objects (larger events).
+//!
+//! Discovery works with kube's default client (retry layer on): a request answered 503 is
+//! then held by the retry layer instead of failing, which only delays recovery a little. A
+//! client with `default_retry = false` lets the watcher's own backoff do the retrying.
 //!
 //! [`kubernetes_peers`] waits (up to 10 s) for the first complete list, so the handle starts
 //! with what the API knows. A first failure that configuration must fix (401, 403: RBAC
@@ -90,10 +101,7 @@ pub fn namespace_from_env() -> Option<String> {
     namespace_from(from_env, from_file)
 }
 
-fn namespace_from(
-    env: Option<String>,
-    file: impl FnOnce() -> Option<String>,
-) -> Option<String> {
+fn namespace_from(env: Option<String>, file: impl FnOnce() -> Option<String>) -> Option<String> {
     let clean = |s: String| Some(s.trim().to_string()).filter(|s| !s.is_empty());
     env.and_then(clean).or_else(|| file().and_then(clean))
 }

@@ -293,7 +293,9 @@ impl Membership {
     pub fn tick(&mut self, now: Instant) -> Option<&MemberList> {
         let timeout = self.config.failure_timeout;
         self.peers.retain(|_, p| {
-            p.discovered || p.last_contact.is_some_and(|t| now.duration_since(t) < timeout)
+            p.discovered
+                || p.last_contact
+                    .is_some_and(|t| now.duration_since(t) < timeout)
         });
         if self.rebuild(now) {
             Some(&self.list)
@@ -355,7 +357,8 @@ impl Membership {
             .filter(|(_, p)| {
                 p.discovered
                     && p.left.is_none()
-                    && !p.last_contact.is_some_and(|t| now.duration_since(t) < timeout)
+                    && p.last_contact
+                        .is_none_or(|t| now.duration_since(t) >= timeout)
             })
             .map(|(a, _)| *a)
             .collect()

@@ -46,7 +46,11 @@ fn frame(id: u64, kind: u8, parts: &[&[u8]]) -> Vec<u8> {
 }
 
 fn error_frame(id: u64, error: &RpcError) -> Vec<u8> {
-    frame(id, KIND_ERROR, &[&[error.code()], error.message().as_bytes()])
+    frame(
+        id,
+        KIND_ERROR,
+        &[&[error.code()], error.message().as_bytes()],
+    )
 }
 
 /// Reads one frame: (id, kind, payload). `Ok(None)` at a clean end of stream.
@@ -65,7 +69,9 @@ async fn read_frame<R: AsyncReadExt + Unpin>(
         return Err(RpcError::TooLarge(len));
     }
     if len < 9 {
-        return Err(RpcError::Protocol(format!("frame of {len} bytes is too short")));
+        return Err(RpcError::Protocol(format!(
+            "frame of {len} bytes is too short"
+        )));
     }
     let mut buf = vec![0u8; len];
     reader
@@ -159,7 +165,9 @@ async fn serve_connection(
             .verify_slice(&answer)
             .is_ok();
     if !authentic {
-        stats.rejected_unauthenticated.fetch_add(1, Ordering::Relaxed);
+        stats
+            .rejected_unauthenticated
+            .fetch_add(1, Ordering::Relaxed);
         let _ = stream.write_all(&[REJECTED]).await;
         tracing::warn!(
             peer = ?stream.peer_addr().ok(),
@@ -200,7 +208,9 @@ async fn serve_connection(
         let max = config.max_frame_bytes;
         tokio::spawn(async move {
             let out = match fut.await {
-                Ok(body) if body.len() + 9 > max => error_frame(id, &RpcError::TooLarge(body.len())),
+                Ok(body) if body.len() + 9 > max => {
+                    error_frame(id, &RpcError::TooLarge(body.len()))
+                }
                 Ok(body) => frame(id, KIND_RESPONSE, &[&body]),
                 Err(e) => error_frame(id, &e),
             };
@@ -231,9 +241,13 @@ impl Connection {
         let mut hello = [0u8; 38];
         stream.read_exact(&mut hello).await.map_err(unavailable)?;
         if &hello[..6] != MAGIC {
-            return Err(RpcError::Protocol(format!("{to} is not a crashgrid RPC port")));
+            return Err(RpcError::Protocol(format!(
+                "{to} is not a crashgrid RPC port"
+            )));
         }
-        let answer = answer_for(&config.secret, &hello[6..]).finalize().into_bytes();
+        let answer = answer_for(&config.secret, &hello[6..])
+            .finalize()
+            .into_bytes();
         stream.write_all(&answer).await.map_err(unavailable)?;
         let mut verdict = [0u8; 1];
         stream.read_exact(&mut verdict).await.map_err(unavailable)?;
@@ -292,7 +306,11 @@ impl Connection {
             id,
         };
         let m = method.as_bytes();
-        let frame = frame(id, KIND_REQUEST, &[&(m.len() as u16).to_be_bytes(), m, &body]);
+        let frame = frame(
+            id,
+            KIND_REQUEST,
+            &[&(m.len() as u16).to_be_bytes(), m, &body],
+        );
         if self.tx.send(frame).is_err() || self.is_closed() {
             return Err(RpcError::Unavailable("connection closed".into()));
         }
@@ -313,11 +331,14 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// The connection to one peer, opened under its own lock so concurrent first calls share it.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+
 /// The real transport: one multiplexed, authenticated connection per peer, opened on first use
 /// and reopened after it breaks.
 pub struct TcpTransport {
     config: RpcConfig,
-    slots: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>>>,
+    slots: Mutex<HashMap<SocketAddr, Slot>>,
     stats: Arc<RpcStats>,
 }
 
@@ -345,9 +366,12 @@ impl TcpTransport {
             return Ok(c.clone());
         }
         *slot = None;
-        let c = tokio::time::timeout(self.config.connect_timeout, Connection::open(to, &self.config))
-            .await
-            .map_err(|_| RpcError::Unavailable(format!("{to}: connect timed out")))??;
+        let c = tokio::time::timeout(
+            self.config.connect_timeout,
+            Connection::open(to, &self.config),
+        )
+        .await
+        .map_err(|_| RpcError::Unavailable(format!("{to}: connect timed out")))??;
         let c = Arc::new(c);
         *slot = Some(c.clone());
         Ok(c)

@@ -26,6 +26,11 @@ const NS: &str = "crashgrid";
 /// Generous bound for something that happens in milliseconds; only a hang reaches it.
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A `KubeLease` as production builds it: from a kube `Config`, without kube's retry layer.
+fn kube_lease(server: &TestApiServer, name: &str) -> KubeLease {
+    KubeLease::from_config(server.config(), NS, name).unwrap()
+}
+
 fn record(holder: Option<&str>, transitions: u64) -> LeaseRecord {
     let now = MicroTime::from_system_time(SystemTime::now());
     LeaseRecord {
@@ -58,13 +63,8 @@ fn is_micro_time(s: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_lease_passes_the_backend_conformance_suite() {
     let server = TestApiServer::start().await;
-    let client = server.client();
-    conformance_cas(
-        KubeLease::new(client.clone(), NS, "cas"),
-        KubeLease::new(client.clone(), NS, "cas"),
-    )
-    .await;
-    conformance_election(|| KubeLease::new(client.clone(), NS, "election")).await;
+    conformance_cas(kube_lease(&server, "cas"), kube_lease(&server, "cas")).await;
+    conformance_election(|| kube_lease(&server, "election")).await;
 }
 
 /// Optimistic concurrency (API concepts, "resource versions"): a PUT whose resourceVersion is
@@ -73,9 +73,9 @@ async fn kube_lease_passes_the_backend_conformance_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_resource_version_is_conflict_and_double_create_already_exists() {
     let server = TestApiServer::start().await;
-    let client = server.client();
-    let a = KubeLease::new(client.clone(), NS, "leader");
-    let b = KubeLease::new(client.clone(), NS, "leader");
+    let client = server.client_without_retries();
+    let a = kube_lease(&server, "leader");
+    let b = kube_lease(&server, "leader");
 
     let v1 = a.create(record(Some("a"), 0)).await.unwrap();
     let again = b.create(record(Some("b"), 0)).await;
@@ -124,8 +124,8 @@ async fn stale_resource_version_is_conflict_and_double_create_already_exists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_of_a_deleted_lease_fails_and_never_recreates_it() {
     let server = TestApiServer::start().await;
-    let client = server.client();
-    let a = KubeLease::new(client.clone(), NS, "leader");
+    let client = server.client_without_retries();
+    let a = kube_lease(&server, "leader");
     let v1 = a.create(record(Some("a"), 0)).await.unwrap();
     assert!(server.delete_lease(NS, "leader"));
 
@@ -134,11 +134,14 @@ async fn update_of_a_deleted_lease_fails_and_never_recreates_it() {
         result.as_ref().is_err_and(LeaseError::is_lost_race),
         "{result:?}"
     );
-    assert!(server.lease(NS, "leader").is_none(), "the PUT created the lease");
+    assert!(
+        server.lease(NS, "leader").is_none(),
+        "the PUT created the lease"
+    );
 
     // A client that never saw the version: NotFound without any PUT.
     let updates = server.requests("update", "leases");
-    let fresh = KubeLease::new(client.clone(), NS, "leader");
+    let fresh = kube_lease(&server, "leader");
     let result = fresh.update(record(Some("a"), 0), &v1).await;
     assert!(matches!(result, Err(LeaseError::NotFound)), "{result:?}");
     assert_eq!(server.requests("update", "leases"), updates);
@@ -155,11 +158,12 @@ async fn update_of_a_deleted_lease_fails_and_never_recreates_it() {
 }
 
 /// Errors other than lost races are `Unavailable` with the API's message (here 503 from the
-/// server), so the elector treats them as ambiguous and reads back.
+/// server), at once (no client-side retry), so the elector treats them as ambiguous and reads
+/// back on its own schedule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_failures_are_unavailable_with_the_status_message() {
     let server = TestApiServer::start().await;
-    let lease = KubeLease::new(server.client(), NS, "leader");
+    let lease = kube_lease(&server, "leader");
     let v1 = lease.create(record(Some("a"), 0)).await.unwrap();
     server.set_unavailable(true);
     for result in [
@@ -192,7 +196,7 @@ async fn driver_elects_one_of_three_kube_leases_and_hands_over_on_shutdown() {
     };
     let mut handles = Vec::new();
     for id in ["pod-a", "pod-b", "pod-c"] {
-        let lease = KubeLease::new(server.client(), NS, "crashgrid-leader");
+        let lease = kube_lease(&server, "crashgrid-leader");
         handles.push(spawn_elector(lease, id, config).unwrap());
     }
     let leaders = |hs: &[cluster::ElectorHandle]| {
@@ -310,6 +314,18 @@ async fn wait_for(handle: &DiscoveryHandle, want: &[&str]) {
     );
 }
 
+/// Waits (generously) until `done` holds.
+async fn wait_until(done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn endpoint_slices(service: &str) -> KubeDiscoveryConfig {
     KubeDiscoveryConfig {
         namespace: NS.into(),
@@ -342,7 +358,11 @@ async fn endpoint_slices_publish_ready_endpoints_and_follow_changes_through_a_wa
     );
     server.apply_endpoint_slice(
         NS,
-        slice("crashgrid-def", "crashgrid", vec![endpoint("10.0.1.1", Some(true))]),
+        slice(
+            "crashgrid-def",
+            "crashgrid",
+            vec![endpoint("10.0.1.1", Some(true))],
+        ),
     );
     server.apply_endpoint_slice(
         NS,
@@ -350,7 +370,11 @@ async fn endpoint_slices_publish_ready_endpoints_and_follow_changes_through_a_wa
     );
     server.apply_endpoint_slice(
         "elsewhere",
-        slice("crashgrid-abc", "crashgrid", vec![endpoint("10.8.8.8", Some(true))]),
+        slice(
+            "crashgrid-abc",
+            "crashgrid",
+            vec![endpoint("10.8.8.8", Some(true))],
+        ),
     );
 
     let handle = kubernetes_peers(server.client(), endpoint_slices("crashgrid"))
@@ -375,7 +399,11 @@ async fn endpoint_slices_publish_ready_endpoints_and_follow_changes_through_a_wa
             ],
         ),
     );
-    wait_for(&handle, &["10.0.0.2:7946", "10.0.0.3:7946", "10.0.1.1:7946"]).await;
+    wait_for(
+        &handle,
+        &["10.0.0.2:7946", "10.0.0.3:7946", "10.0.1.1:7946"],
+    )
+    .await;
 
     assert!(server.delete_endpoint_slice(NS, "crashgrid-def"));
     wait_for(&handle, &["10.0.0.2:7946", "10.0.0.3:7946"]).await;
@@ -387,9 +415,17 @@ async fn endpoint_slices_publish_ready_endpoints_and_follow_changes_through_a_wa
     );
     server.apply_endpoint_slice(
         NS,
-        slice("crashgrid-ghi", "crashgrid", vec![endpoint("10.0.2.1", Some(true))]),
+        slice(
+            "crashgrid-ghi",
+            "crashgrid",
+            vec![endpoint("10.0.2.1", Some(true))],
+        ),
     );
-    wait_for(&handle, &["10.0.0.2:7946", "10.0.0.3:7946", "10.0.2.1:7946"]).await;
+    wait_for(
+        &handle,
+        &["10.0.0.2:7946", "10.0.0.3:7946", "10.0.2.1:7946"],
+    )
+    .await;
 
     // Watches, not polls: one list, and no further request while nothing changes.
     assert_eq!(server.requests("list", "endpointslices"), 1);
@@ -402,11 +438,7 @@ async fn endpoint_slices_publish_ready_endpoints_and_follow_changes_through_a_wa
 
     // Dropping the handle ends the watch.
     drop(handle);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while server.open_watches() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "watch still open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(|| server.open_watches() == 0).await;
 }
 
 /// A watch stream that ends (timeoutSeconds, a restarted load balancer) is resumed from the
@@ -417,18 +449,33 @@ async fn a_closed_watch_resumes_from_the_last_resource_version_without_relisting
     let server = TestApiServer::start().await;
     server.apply_endpoint_slice(
         NS,
-        slice("crashgrid-abc", "crashgrid", vec![endpoint("10.0.0.1", Some(true))]),
+        slice(
+            "crashgrid-abc",
+            "crashgrid",
+            vec![endpoint("10.0.0.1", Some(true))],
+        ),
     );
     let handle = kubernetes_peers(server.client(), endpoint_slices("crashgrid"))
         .await
         .unwrap();
     assert_eq!(handle.peers(), peers(&["10.0.0.1:7946"]));
+    wait_until(|| server.open_watches() == 1).await;
     for round in 2..5 {
+        let watches = server.requests("watch", "endpointslices");
         server.close_watches();
+        // The change is made once the client watches again, so it cannot ride the old stream.
+        wait_until(|| {
+            server.requests("watch", "endpointslices") > watches && server.open_watches() == 1
+        })
+        .await;
         let ip = format!("10.0.0.{round}");
         server.apply_endpoint_slice(
             NS,
-            slice("crashgrid-abc", "crashgrid", vec![endpoint(&ip, Some(true))]),
+            slice(
+                "crashgrid-abc",
+                "crashgrid",
+                vec![endpoint(&ip, Some(true))],
+            ),
         );
         wait_for(&handle, &[&format!("{ip}:7946")]).await;
     }
@@ -442,12 +489,24 @@ async fn a_closed_watch_resumes_from_the_last_resource_version_without_relisting
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_by_label_publish_ready_running_pods_with_an_ip() {
     let server = TestApiServer::start().await;
-    server.apply_pod(NS, pod("ready", "crashgrid", "Running", true, Some("10.1.0.1")));
-    server.apply_pod(NS, pod("unready", "crashgrid", "Running", false, Some("10.1.0.2")));
+    server.apply_pod(
+        NS,
+        pod("ready", "crashgrid", "Running", true, Some("10.1.0.1")),
+    );
+    server.apply_pod(
+        NS,
+        pod("unready", "crashgrid", "Running", false, Some("10.1.0.2")),
+    );
     server.apply_pod(NS, pod("pending", "crashgrid", "Pending", false, None));
     server.apply_pod(NS, pod("no-ip", "crashgrid", "Running", true, None));
     server.apply_pod(NS, pod("web", "web", "Running", true, Some("10.1.0.9")));
-    let mut terminating = pod("terminating", "crashgrid", "Running", true, Some("10.1.0.5"));
+    let mut terminating = pod(
+        "terminating",
+        "crashgrid",
+        "Running",
+        true,
+        Some("10.1.0.5"),
+    );
     terminating["metadata"]["deletionTimestamp"] = json!("2024-01-01T00:00:00Z");
     server.apply_pod(NS, terminating);
 
@@ -461,7 +520,10 @@ async fn pods_by_label_publish_ready_running_pods_with_an_ip() {
     let handle = kubernetes_peers(server.client(), config).await.unwrap();
     assert_eq!(handle.peers(), peers(&["10.1.0.1:7946"]));
 
-    server.apply_pod(NS, pod("unready", "crashgrid", "Running", true, Some("10.1.0.2")));
+    server.apply_pod(
+        NS,
+        pod("unready", "crashgrid", "Running", true, Some("10.1.0.2")),
+    );
     wait_for(&handle, &["10.1.0.1:7946", "10.1.0.2:7946"]).await;
 
     server.apply_pod(NS, pod("ready", "other", "Running", true, Some("10.1.0.1")));
@@ -470,7 +532,10 @@ async fn pods_by_label_publish_ready_running_pods_with_an_ip() {
     assert!(server.delete_pod(NS, "unready"));
     wait_for(&handle, &[]).await;
 
-    server.apply_pod(NS, pod("pending", "crashgrid", "Running", true, Some("10.1.0.3")));
+    server.apply_pod(
+        NS,
+        pod("pending", "crashgrid", "Running", true, Some("10.1.0.3")),
+    );
     wait_for(&handle, &["10.1.0.3:7946"]).await;
     assert_eq!(server.requests("list", "pods"), 1);
 }
@@ -484,7 +549,11 @@ async fn unavailable_api_keeps_the_last_good_set_then_recovers_through_a_relist(
     let server = TestApiServer::builder().history_limit(3).start().await;
     server.apply_endpoint_slice(
         NS,
-        slice("crashgrid-abc", "crashgrid", vec![endpoint("10.0.0.1", Some(true))]),
+        slice(
+            "crashgrid-abc",
+            "crashgrid",
+            vec![endpoint("10.0.0.1", Some(true))],
+        ),
     );
     let handle = kubernetes_peers(server.client(), endpoint_slices("crashgrid"))
         .await
@@ -493,21 +562,30 @@ async fn unavailable_api_keeps_the_last_good_set_then_recovers_through_a_relist(
 
     server.set_unavailable(true);
     let before = server.requests("watch", "endpointslices");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while server.requests("watch", "endpointslices") < before + 2 {
-        assert!(tokio::time::Instant::now() < deadline, "no retry");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(handle.peers(), peers(&["10.0.0.1:7946"]), "last good set kept");
+    // Refused retries (kube's retry layer and the watcher's backoff) happen meanwhile.
+    wait_until(|| server.requests("watch", "endpointslices") >= before + 2).await;
+    assert_eq!(
+        handle.peers(),
+        peers(&["10.0.0.1:7946"]),
+        "last good set kept"
+    );
 
     for i in 2..8 {
         let ip = format!("10.0.0.{i}");
         server.apply_endpoint_slice(
             NS,
-            slice("crashgrid-abc", "crashgrid", vec![endpoint(&ip, Some(true))]),
+            slice(
+                "crashgrid-abc",
+                "crashgrid",
+                vec![endpoint(&ip, Some(true))],
+            ),
         );
     }
-    assert_eq!(handle.peers(), peers(&["10.0.0.1:7946"]), "last good set kept");
+    assert_eq!(
+        handle.peers(),
+        peers(&["10.0.0.1:7946"]),
+        "last good set kept"
+    );
     server.set_unavailable(false);
     wait_for(&handle, &["10.0.0.7:7946"]).await;
     assert_eq!(
@@ -518,18 +596,27 @@ async fn unavailable_api_keeps_the_last_good_set_then_recovers_through_a_relist(
 }
 
 /// Discovery that starts while the API is down starts empty, keeps retrying and fills in once
-/// the API answers; a configuration that cannot work is refused at once.
+/// the API answers; a configuration that cannot work is refused at once. (A client without
+/// kube's retry layer, so the first 503 comes back at once; with it, `kubernetes_peers` would
+/// return empty after its 10 s wait.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_started_during_an_outage_starts_empty_and_recovers() {
     let server = TestApiServer::start().await;
     server.apply_endpoint_slice(
         NS,
-        slice("crashgrid-abc", "crashgrid", vec![endpoint("10.0.0.1", Some(true))]),
+        slice(
+            "crashgrid-abc",
+            "crashgrid",
+            vec![endpoint("10.0.0.1", Some(true))],
+        ),
     );
     server.set_unavailable(true);
-    let handle = kubernetes_peers(server.client(), endpoint_slices("crashgrid"))
-        .await
-        .unwrap();
+    let handle = kubernetes_peers(
+        server.client_without_retries(),
+        endpoint_slices("crashgrid"),
+    )
+    .await
+    .unwrap();
     assert_eq!(handle.peers(), PeerSet::new());
     server.set_unavailable(false);
     wait_for(&handle, &["10.0.0.1:7946"]).await;

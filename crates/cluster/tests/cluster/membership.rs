@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cluster::{
     encode_json, Cluster, ClusterConfig, ClusterEvent, DiscoveryHandle, ElectionConfig, Heartbeat,
-    LeaseBackend, MemoryLease, MemoryNetwork, Membership, MembershipConfig, NodeInfo,
+    LeaseBackend, Membership, MembershipConfig, MemoryLease, MemoryNetwork, NodeInfo,
     HEARTBEAT_METHOD,
 };
 
@@ -193,7 +193,12 @@ impl Sim {
 }
 
 fn ids(c: &Cluster) -> Vec<String> {
-    c.state().members.ids().iter().map(|s| s.to_string()).collect()
+    c.state()
+        .members
+        .ids()
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn leaders(nodes: &[Cluster]) -> Vec<String> {
@@ -219,11 +224,24 @@ async fn three_nodes_converge_on_members_and_one_leader_everyone_agrees_on() {
     let leader = leaders(&sim.nodes)[0].clone();
     for c in &sim.nodes {
         let st = c.state();
-        let addr = sim.nodes.iter().find(|n| n.me().id == leader).unwrap().me().addr;
-        assert_eq!(st.leader_addr, Some(addr), "leader address resolved through membership");
+        let addr = sim
+            .nodes
+            .iter()
+            .find(|n| n.me().id == leader)
+            .unwrap()
+            .me()
+            .addr;
+        assert_eq!(
+            st.leader_addr,
+            Some(addr),
+            "leader address resolved through membership"
+        );
         // client-go: the first holder creates the lease with leaseTransitions 0.
         assert_eq!(st.epoch, 0);
-        assert!(st.transitions.iter().any(|t| t.leader.as_deref() == Some(&leader)));
+        assert!(st
+            .transitions
+            .iter()
+            .any(|t| t.leader.as_deref() == Some(&leader)));
     }
     // Both kinds of events were broadcast.
     let (mut members, mut leader_changed) = (false, false);
@@ -259,7 +277,8 @@ async fn graceful_leave_drops_the_member_at_once_and_hands_the_lease_over() {
         rest.iter().all(|c| !ids(c).contains(&gone))
     })
     .await;
-    sim.until("a new leader", |_| leaders(&rest).len() == 1).await;
+    sim.until("a new leader", |_| leaders(&rest).len() == 1)
+        .await;
     // Released lease: a standby takes over at its next retry, well before lease_duration.
     assert!(started.elapsed() < ms(600), "{:?}", started.elapsed());
     let (record, _) = sim.lease.snapshot().unwrap();
@@ -290,7 +309,8 @@ async fn an_isolated_node_drops_out_and_rejoins_when_healed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leaders_claim_is_rejected_and_counted() {
     let sim = Sim::start(2);
-    sim.until("a leader", |s| leaders(&s.nodes).len() == 1).await;
+    sim.until("a leader", |s| leaders(&s.nodes).len() == 1)
+        .await;
     // Force a second term: the leader steps down, the other takes over at epoch 1.
     let li = sim.nodes.iter().position(|c| c.state().is_leader).unwrap();
     let follower = sim.nodes[1 - li].clone();
@@ -354,4 +374,35 @@ async fn unknown_methods_are_refused_and_registered_services_are_routed_by_prefi
         h.handle(HEARTBEAT_METHOD, b"not json".to_vec()).await,
         Err(cluster::RpcError::Remote(_))
     ));
+}
+
+/// A node that stepped down (it no longer competes nor reads the lease) still learns the new
+/// leader from the leader's heartbeat claims: it must hand its last data to someone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stepped_down_follows_the_new_leader_through_heartbeats() {
+    let sim = Sim::start(3);
+    sim.until("a leader", |s| leaders(&s.nodes).len() == 1)
+        .await;
+    let li = sim.nodes.iter().position(|c| c.state().is_leader).unwrap();
+    let old = sim.nodes[li].clone();
+    old.step_down().await;
+    sim.until("the old leader names the new one", |s| {
+        let l = leaders(&s.nodes);
+        let st = old.state();
+        l.len() == 1
+            && l[0] != old.me().id
+            && st.leader.as_deref() == Some(l[0].as_str())
+            && st.epoch == 1
+            && !st.is_leader
+    })
+    .await;
+    let new = leaders(&sim.nodes)[0].clone();
+    let addr = sim
+        .nodes
+        .iter()
+        .find(|c| c.me().id == new)
+        .unwrap()
+        .me()
+        .addr;
+    assert_eq!(old.state().leader_addr, Some(addr));
 }

@@ -54,10 +54,15 @@ async fn conformance(transport: &dyn Transport, server: SocketAddr, dead: Socket
     let t = Duration::from_secs(2);
     // Round trip, empty and binary bodies.
     assert_eq!(
-        transport.call(server, "test.echo", b"hello".to_vec(), t).await,
+        transport
+            .call(server, "test.echo", b"hello".to_vec(), t)
+            .await,
         Ok(b"hello".to_vec())
     );
-    assert_eq!(transport.call(server, "test.echo", vec![], t).await, Ok(vec![]));
+    assert_eq!(
+        transport.call(server, "test.echo", vec![], t).await,
+        Ok(vec![])
+    );
     let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     assert_eq!(
         transport.call(server, "test.echo", binary.clone(), t).await,
@@ -155,7 +160,11 @@ async fn memory_network_cuts_and_isolates_links_and_heals() {
         ta.call(b, "test.echo", vec![], t).await,
         Err(RpcError::Unavailable(_))
     ));
-    assert!(net.transport(b).call(a, "test.echo", vec![], t).await.is_err());
+    assert!(net
+        .transport(b)
+        .call(a, "test.echo", vec![], t)
+        .await
+        .is_err());
     assert!(ta.call(c, "test.echo", vec![], t).await.is_ok());
     net.isolate(c);
     assert!(ta.call(c, "test.echo", vec![], t).await.is_err());
@@ -187,7 +196,9 @@ async fn wrong_or_missing_secret_is_rejected_and_counted() {
         let mut hello = [0u8; 38];
         s.read_exact(&mut hello).await.unwrap();
         // 32 bytes, as long as an answer, so the server reads all of it and closes cleanly.
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n12345").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n12345")
+            .await
+            .unwrap();
         let mut verdict = Vec::new();
         s.read_to_end(&mut verdict).await.unwrap();
         assert_eq!(verdict, vec![1], "rejection byte, then close");
@@ -218,12 +229,16 @@ async fn frames_over_the_limit_are_refused_on_both_sides() {
     let transport = TcpTransport::new(config).unwrap();
     let t = Duration::from_secs(2);
     assert!(matches!(
-        transport.call(addr, "test.echo", vec![0; 100 << 10], t).await,
+        transport
+            .call(addr, "test.echo", vec![0; 100 << 10], t)
+            .await,
         Err(RpcError::TooLarge(_))
     ));
     // An answer over the limit is an error answer, not a broken connection.
     assert!(matches!(
-        transport.call(addr, "test.big", b"100000".to_vec(), t).await,
+        transport
+            .call(addr, "test.big", b"100000".to_vec(), t)
+            .await,
         Err(RpcError::TooLarge(_))
     ));
     assert_eq!(
@@ -295,7 +310,15 @@ async fn call_with_retry_retries_only_retryable_failures() {
     net.register(server, flaky);
     let t = net.transport("10.0.0.2:1".parse().unwrap());
     let policy = RetryPolicy::default();
-    let got = call_with_retry(&t, server, "x.y", b"ok".to_vec(), Duration::from_millis(100), &policy).await;
+    let got = call_with_retry(
+        &t,
+        server,
+        "x.y",
+        b"ok".to_vec(),
+        Duration::from_millis(100),
+        &policy,
+    )
+    .await;
     assert_eq!(got, Ok(b"ok".to_vec()));
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
     // Out of attempts: the last error.
@@ -309,7 +332,15 @@ async fn call_with_retry_retries_only_retryable_failures() {
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
     // An application error is an answer: one attempt only.
     net.register(server, service());
-    let got = call_with_retry(&t, server, "test.fail", vec![], Duration::from_secs(1), &policy).await;
+    let got = call_with_retry(
+        &t,
+        server,
+        "test.fail",
+        vec![],
+        Duration::from_secs(1),
+        &policy,
+    )
+    .await;
     assert_eq!(got, Err(RpcError::Remote("it failed".into())));
 }
 
@@ -322,7 +353,10 @@ fn backoff_grows_exponentially_with_bounded_jitter() {
         let full = (p.initial_backoff * (1 << (attempt - 2))).min(p.max_backoff);
         for _ in 0..50 {
             let b = p.backoff(attempt, &mut rng);
-            assert!(b >= full / 2 && b <= full, "attempt {attempt}: {b:?} vs {full:?}");
+            assert!(
+                b >= full / 2 && b <= full,
+                "attempt {attempt}: {b:?} vs {full:?}"
+            );
         }
     }
 }

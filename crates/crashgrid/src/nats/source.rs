@@ -47,7 +47,9 @@ const OVERLOAD_WAIT: Duration = Duration::from_secs(2);
 /// Longest reason text in a dead-letter header.
 const MAX_REASON_BYTES: usize = 1024;
 
-/// A message submitted to the node and not yet acknowledged.
+/// A message delivered to this pod and not yet answered (acked, nak'ed or terminated). Its
+/// lease is extended while it is held: waiting in the pipeline, in the node, for the
+/// dead-letter publish.
 struct InFlight {
     reply: Subject,
     stream_sequence: u64,
@@ -57,10 +59,8 @@ struct InFlight {
 
 /// What the acker is asked to do.
 enum AckCmd {
-    /// The node accepted every event of in-flight message `token`: acknowledge it.
-    Accepted(u64),
-    /// Answer one delivery by its reply subject.
-    Send(Subject, AckKind),
+    /// Answer held message `token` (and stop holding it).
+    Answer(u64, AckKind),
     /// Answered once every earlier command is handled and written to the connection.
     Flush(oneshot::Sender<()>),
     /// Stop after the commands before it.
@@ -69,8 +69,8 @@ enum AckCmd {
 
 /// A poison message on its way to the dead-letter subject.
 struct DeadLetter {
+    token: u64,
     message: async_nats::Message,
-    reply: Subject,
     stream_sequence: u64,
     delivered: i64,
     /// `invalid_json`, `invalid_event` or `too_large`.
@@ -104,10 +104,22 @@ impl Shared {
         queued.max(self.unacked_events.load(Ordering::Relaxed))
     }
 
-    fn hold(&self, token: u64, message: InFlight) {
+    /// Holds a delivered message (its lease is extended from now on); returns its token.
+    fn hold(&self, reply: Subject, stream_sequence: u64) -> u64 {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
         let mut map = self.in_flight.lock();
-        map.insert(token, message);
+        map.insert(
+            token,
+            InFlight {
+                reply,
+                stream_sequence,
+                since: now,
+                extended: now,
+            },
+        );
         self.counters.set_in_flight(map.len());
+        token
     }
 
     fn release(&self, token: u64) -> Option<InFlight> {
@@ -123,9 +135,19 @@ impl Shared {
         }
     }
 
-    fn nak(&self, tx: &mpsc::UnboundedSender<AckCmd>, reply: Subject, reason: &str, d: Duration) {
+    fn answer(&self, tx: &mpsc::UnboundedSender<AckCmd>, token: u64, kind: AckKind) {
+        self.send(tx, AckCmd::Answer(token, kind));
+    }
+
+    fn nak(
+        &self,
+        tx: &mpsc::UnboundedSender<AckCmd>,
+        token: u64,
+        reason: &str,
+        d: Option<Duration>,
+    ) {
         self.counters.naks.add(reason, 1);
-        self.send(tx, AckCmd::Send(reply, AckKind::Nak(Some(d))));
+        self.answer(tx, token, AckKind::Nak(d));
     }
 
     /// Publishes the backlog with the local figures refreshed (and the broker's, if given).
@@ -366,7 +388,7 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let js = jetstream::new(client.clone());
     let batch = shared.config.batch;
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<AckCmd>();
-    let (msg_tx, msg_rx) = mpsc::channel::<jetstream::Message>(2 * batch);
+    let (msg_tx, msg_rx) = mpsc::channel::<(u64, jetstream::Message)>(2 * batch);
     let (dlq_tx, dlq_rx) = mpsc::channel::<DeadLetter>(256);
     let acker = tokio::spawn(acker(shared.clone(), client.clone(), ack_rx));
     let processor = tokio::spawn(processor(
@@ -386,7 +408,9 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 
     fetch_loop(&shared, &js, msg_tx, &mut stop).await;
 
-    // Stopping: what was pulled is processed and acknowledged while the node still runs.
+    // Stopping: messages pulled and not yet submitted were nak'ed (for the other pods); the
+    // submitted ones are acknowledged as the node acknowledges their events (it processes its
+    // queue and flushes its statistics while shutting down).
     let _ = processor.await;
     let _ = dead_letters.await;
     // Leases are still extended meanwhile, so waiting longer than ack_wait is safe.
@@ -499,7 +523,7 @@ async fn wait_for_room(shared: &Shared, stop: &watch::Receiver<bool>) -> Option<
 async fn fetch_loop(
     shared: &Arc<Shared>,
     js: &jetstream::Context,
-    messages: mpsc::Sender<jetstream::Message>,
+    messages: mpsc::Sender<(u64, jetstream::Message)>,
     stop: &mut watch::Receiver<bool>,
 ) {
     let config = &shared.config;
@@ -550,12 +574,18 @@ async fn fetch_loop(
             }
         };
         // The pull is finished even when stopping (it ends within the fetch expiry): what it
-        // delivers is processed and acknowledged rather than left to time out.
+        // still delivers is given back at once (nak) rather than left to time out.
         let mut failed = None;
         while let Some(item) = batch.next().await {
             match item {
                 Ok(message) => {
-                    if messages.send(message).await.is_err() {
+                    let Some(reply) = message.message.reply.clone() else {
+                        tracing::warn!(subject = %message.message.subject, "a NATS message without a reply subject; ignored");
+                        continue;
+                    };
+                    let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+                    let token = shared.hold(reply, seq);
+                    if messages.send((token, message)).await.is_err() {
                         return;
                     }
                 }
@@ -581,7 +611,7 @@ async fn fetch_loop(
 
 async fn processor(
     shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<jetstream::Message>,
+    mut rx: mpsc::Receiver<(u64, jetstream::Message)>,
     acks: mpsc::UnboundedSender<AckCmd>,
     dead_letters: mpsc::Sender<DeadLetter>,
     stop: watch::Receiver<bool>,
@@ -593,12 +623,9 @@ async fn processor(
         if *stop.borrow() {
             // Stopping: the node may be shutting down. Give these back at once, for the
             // other pods (the last pull's messages, and what was waiting to be parsed).
-            for m in messages {
+            for (token, _) in messages {
                 shared.counters.received.inc();
-                if let Some(reply) = m.message.reply.clone() {
-                    shared.counters.naks.add("stopping", 1);
-                    shared.send(&acks, AckCmd::Send(reply, AckKind::Nak(None)));
-                }
+                shared.nak(&acks, token, "stopping", None);
             }
             continue;
         }
@@ -606,9 +633,9 @@ async fn processor(
         let parsed = tokio::task::spawn_blocking(move || {
             messages
                 .into_iter()
-                .map(|m| {
+                .map(|(token, m)| {
                     let events = CrashEvent::parse_batch(&m.message.payload);
-                    (m, events)
+                    (token, m, events)
                 })
                 .collect::<Vec<_>>()
         })
@@ -618,14 +645,15 @@ async fn processor(
             tracing::error!("parsing NATS messages panicked");
             continue;
         };
-        for (message, events) in parsed {
-            handle(&shared, message, events, &acks, &dead_letters).await;
+        for (token, message, events) in parsed {
+            handle(&shared, token, message, events, &acks, &dead_letters).await;
         }
     }
 }
 
 async fn handle(
     shared: &Arc<Shared>,
+    token: u64,
     message: jetstream::Message,
     events: Result<Vec<CrashEvent>, EventError>,
     acks: &mpsc::UnboundedSender<AckCmd>,
@@ -640,16 +668,12 @@ async fn handle(
     if delivered > 1 {
         c.redelivered.inc();
     }
-    let Some(reply) = message.message.reply.clone() else {
-        tracing::warn!(subject = %message.message.subject, "a NATS message without a reply subject; ignored");
-        return;
-    };
     let events = match events {
         Ok(events) => events,
         Err(error) => {
             let letter = DeadLetter {
+                token,
                 message: message.message,
-                reply,
                 stream_sequence,
                 delivered,
                 code: if error.is_syntax() {
@@ -660,7 +684,7 @@ async fn handle(
                 error,
             };
             if let Err(mpsc::error::SendError(letter)) = dead_letters.send(letter).await {
-                shared.nak(acks, letter.reply, "stopping", shared.config.nak_delay);
+                shared.nak(acks, letter.token, "stopping", None);
             }
             return;
         }
@@ -688,15 +712,15 @@ async fn handle(
             ),
         };
         let letter = DeadLetter {
+            token,
             message: message.message,
-            reply,
             stream_sequence,
             delivered,
             code: "too_large",
             error,
         };
         if let Err(mpsc::error::SendError(letter)) = dead_letters.send(letter).await {
-            shared.nak(acks, letter.reply, "stopping", shared.config.nak_delay);
+            shared.nak(acks, letter.token, "stopping", None);
         }
         return;
     }
@@ -712,7 +736,7 @@ async fn handle(
                 delivered,
                 "copy of an in-flight message; nak"
             );
-            shared.nak(acks, reply, "in_flight", shared.config.nak_delay);
+            shared.nak(acks, token, "in_flight", Some(shared.config.nak_delay));
             return;
         }
         Claim::Claimed { fresh } => fresh,
@@ -726,7 +750,7 @@ async fn handle(
     c.duplicate_events.add((total - events.len()) as u64);
     if events.is_empty() {
         // Every event was accepted before: the first copy's ack was lost. Acknowledge again.
-        shared.send(acks, AckCmd::Send(reply, AckKind::Ack));
+        shared.answer(acks, token, AckKind::Ack);
         return;
     }
     // The pull was sized to fit, but HTTP traffic shares the queue: wait a little for room
@@ -737,17 +761,6 @@ async fn handle(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
-    let token = shared.next_token.fetch_add(1, Ordering::Relaxed);
-    let now = Instant::now();
-    shared.hold(
-        token,
-        InFlight {
-            reply: reply.clone(),
-            stream_sequence,
-            since: now,
-            extended: now,
-        },
-    );
     let on_ack = {
         let seen = shared.seen.clone();
         let ids = ids.clone();
@@ -758,7 +771,7 @@ async fn handle(
             let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
             seen.accept(&refs);
             unacked.fetch_sub(refs.len() as u64, Ordering::Relaxed);
-            let _ = acks.send(AckCmd::Accepted(token));
+            let _ = acks.send(AckCmd::Answer(token, AckKind::Ack));
         })
     };
     shared.unacked_events.fetch_add(n, Ordering::Relaxed);
@@ -766,14 +779,13 @@ async fn handle(
         Ok(_) => c.events_submitted.add(n),
         Err(overloaded) => {
             shared.unacked_events.fetch_sub(n, Ordering::Relaxed);
-            shared.release(token);
             let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
             shared.seen.release(&refs);
             shared.nak(
                 acks,
-                reply,
+                token,
                 "overloaded",
-                overloaded.retry_after.max(shared.config.nak_delay),
+                Some(overloaded.retry_after.max(shared.config.nak_delay)),
             );
         }
     }
@@ -879,10 +891,15 @@ async fn dead_letterer(
         };
         if delivered {
             shared.counters.dead_lettered.inc();
-            shared.send(&acks, AckCmd::Send(letter.reply, AckKind::Term));
+            shared.answer(&acks, letter.token, AckKind::Term);
         } else {
             shared.counters.dead_letter_errors.inc();
-            shared.nak(&acks, letter.reply, "dead_letter_failed", config.nak_delay);
+            shared.nak(
+                &acks,
+                letter.token,
+                "dead_letter_failed",
+                Some(config.nak_delay),
+            );
         }
     }
 }
@@ -929,13 +946,11 @@ async fn acker(
                 }
                 for cmd in buf.drain(..) {
                     match cmd {
-                        AckCmd::Accepted(token) => {
+                        AckCmd::Answer(token, kind) => {
+                            // Absent when held too long (then left to redelivery).
                             if let Some(entry) = shared.release(token) {
-                                send(entry.reply, AckKind::Ack).await;
+                                send(entry.reply, kind).await;
                             }
-                        }
-                        AckCmd::Send(reply, kind) => {
-                            send(reply, kind).await;
                         }
                         AckCmd::Flush(done) => {
                             let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;

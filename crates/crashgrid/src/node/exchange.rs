@@ -178,8 +178,6 @@ impl Node {
                     self.release(released);
                 }
             }
-            self.publish_local();
-            self.broadcast_snapshot(epoch).await;
         } else {
             ex.reducer.lock().take();
             let Some(leader) = state.leader_addr else {
@@ -296,6 +294,22 @@ impl Node {
             .call(standby, "stats.replica", body, CALL_TIMEOUT)
             .await
             .is_ok()
+    }
+
+    /// While leading a cluster: builds the snapshot and pushes it to every member. Called a
+    /// quarter period after the aligned exchange round, so the partials the pods sent at the
+    /// round are in it (see `run_publisher`).
+    pub(super) async fn publish_round(&self) {
+        let Some(link) = self.inner.cluster.get() else {
+            return;
+        };
+        let state = link.cluster.state();
+        if !state.is_leader || !self.inner.exchange.leads() {
+            return;
+        }
+        let node = self.clone();
+        let _ = tokio::task::spawn_blocking(move || node.publish_local()).await;
+        self.broadcast_snapshot(state.epoch).await;
     }
 
     /// Builds the snapshot this node serves while it leads, and hands it to subscribers.

@@ -83,7 +83,10 @@ async fn load(c: &ProcCluster, rate: u32, secs: u64) -> loadgen::LoadgenReport {
     )
     .await
     .unwrap();
-    assert_eq!(report.accepted, report.sent, "every batch accepted: {report}");
+    assert_eq!(
+        report.accepted, report.sent,
+        "every batch accepted: {report}"
+    );
     report
 }
 
@@ -127,7 +130,10 @@ async fn three_pods_count_exactly_through_the_loss_of_a_follower_and_of_the_lead
     // A dashboard on a follower: cluster-wide snapshots over WebSocket.
     let li = c.index_of(&leader);
     let fi = (0..3).find(|&i| i != li).unwrap();
-    let ws_url = format!("{}/api/v1/stats/live", c.nodes[fi].url.replace("http://", "ws://"));
+    let ws_url = format!(
+        "{}/api/v1/stats/live",
+        c.nodes[fi].url.replace("http://", "ws://")
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
     let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
@@ -152,9 +158,20 @@ async fn three_pods_count_exactly_through_the_loss_of_a_follower_and_of_the_lead
     let killed = Instant::now();
     let si = (0..3).find(|&i| i != li && i != fi).unwrap();
     let survivor = c.nodes[si].id.clone();
-    let v = until_total_by(&c, si, truth.total, Some(&survivor), Duration::from_secs(30)).await;
+    let v = until_total_by(
+        &c,
+        si,
+        truth.total,
+        Some(&survivor),
+        Duration::from_secs(30),
+    )
+    .await;
     let took = killed.elapsed();
-    assert_eq!(v["node"], c.nodes[si].id.as_str(), "the survivor now computes the snapshot");
+    assert_eq!(
+        v["node"],
+        c.nodes[si].id.as_str(),
+        "the survivor now computes the snapshot"
+    );
     assert_matches_truth(&v, &truth, "new leader");
     // Within the failover time (lease expiry + retry) plus two publish rounds and polling.
     let bound = Duration::from_millis(LEASE_MS + RETRY_MS * 2 + 1500);
@@ -184,7 +201,14 @@ async fn a_resumed_old_leader_cannot_publish_snapshots_that_pods_accept() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     for &i in &others {
-        until_total_by(&c, i, report.truth.total, Some(&new), Duration::from_secs(15)).await;
+        until_total_by(
+            &c,
+            i,
+            report.truth.total,
+            Some(&new),
+            Duration::from_secs(15),
+        )
+        .await;
     }
     c.nodes[li].signal(Signal::SIGCONT);
     // For three seconds after the resume, the followers serve only the new leader's
@@ -193,11 +217,23 @@ async fn a_resumed_old_leader_cannot_publish_snapshots_that_pods_accept() {
     while Instant::now() < until {
         for &i in &others {
             let v = stats_of(&c, i).await.expect("answers");
-            assert_eq!(v["node"], new.as_str(), "node {i} served a snapshot of {}", v["node"]);
+            assert_eq!(
+                v["node"],
+                new.as_str(),
+                "node {i} served a snapshot of {}",
+                v["node"]
+            );
             assert_eq!(v["stats"]["total"], report.truth.total);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // And the old leader itself now serves the new leader's snapshot too.
-    until_total_by(&c, li, report.truth.total, Some(&new), Duration::from_secs(10)).await;
+    until_total_by(
+        &c,
+        li,
+        report.truth.total,
+        Some(&new),
+        Duration::from_secs(10),
+    )
+    .await;
 }

@@ -177,6 +177,20 @@ pub fn pick_port() -> u16 {
         .port()
 }
 
+/// `$NATS_SERVER`, else `nats-server` from `PATH`, else Debian's `/usr/sbin/nats-server`
+/// (`/usr/sbin` is not on every user's `PATH`).
+pub fn nats_server_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER") {
+        return p.into();
+    }
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    on_path.unwrap_or_else(|| "/usr/sbin/nats-server".into())
+}
+
 /// A real `nats-server` with JetStream on a loopback port, storing under a temporary directory.
 /// Killable (SIGKILL) and restartable on the same port with the same store. The test fails
 /// loudly when `nats-server` is not installed (`scripts/test` installs it).
@@ -203,13 +217,24 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "nats-server already running");
+        self.child = Some(self.launch(self.port));
+    }
+
+    /// Another `nats-server` on `port` with the same store (while the main one is down: e.g.
+    /// to fill the store while the pods, connected to the main port, cannot pull).
+    #[allow(dead_code)] // benches/nats.rs
+    pub fn spawn_on(&self, port: u16) -> std::process::Child {
+        self.launch(port)
+    }
+
+    fn launch(&self, port: u16) -> std::process::Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.store.path().join("nats-server.log"))
             .unwrap();
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut child = Command::new(nats_server_bin())
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
             .arg("-sd")
             .arg(self.store.path().join("jetstream"))
             .stdin(std::process::Stdio::null())
@@ -222,19 +247,18 @@ impl NatsServer {
                      scripts/test does)"
                 )
             });
-        self.child = Some(child);
         // Ready when it answers the client protocol with its INFO line.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             use std::io::Read as _;
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
                 let mut buf = [0u8; 4];
                 if s.read_exact(&mut buf).is_ok() && &buf == b"INFO" {
-                    return;
+                    return child;
                 }
             }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            if let Some(status) = child.try_wait().unwrap() {
                 panic!("nats-server exited with {status}:\n{}", self.log());
             }
             assert!(
@@ -251,6 +275,14 @@ impl NatsServer {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM (a clean shutdown: the store is flushed), and reap.
+    #[allow(dead_code)] // benches/nats.rs
+    pub fn stop(&mut self) {
+        if let Some(c) = self.child.take() {
+            terminate_child(c);
         }
     }
 
@@ -274,6 +306,25 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// SIGTERM, then waits (bounded, then SIGKILL) for the exit; whether it exited cleanly.
+pub fn terminate_child(mut c: std::process::Child) -> bool {
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = c.try_wait().unwrap() {
+            return status.success();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -333,23 +384,9 @@ impl NatsPod {
 
     /// SIGTERM, then waits (bounded) for the exit; returns whether it exited cleanly.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                return status.success();
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match self.child.take() {
+            Some(c) => terminate_child(c),
+            None => false,
         }
     }
 

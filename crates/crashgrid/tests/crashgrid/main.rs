@@ -3,6 +3,7 @@
 mod distributed;
 mod election;
 mod harness;
+mod kubernetes;
 mod nats;
 mod node;
 mod procs;

@@ -69,11 +69,9 @@ impl ProcNode {
                 "--failure-timeout-ms",
                 "1000",
             ])
-            .args(["--publish-interval-ms", "200", "--workers", "1"])
             .arg("--data-dir")
             .arg(&spec.dir)
-            .arg("--sink")
-            .arg(format!("file:{}", spec.dir.join("crashes.jsonl").display()))
+            .args(Self::defaults(spec))
             .args(&spec.extra)
             .env("CRASHGRID_CLUSTER_SECRET", SECRET)
             .env("CRASHGRID_LOG", "info")
@@ -90,6 +88,20 @@ impl ProcNode {
             dir: spec.dir.clone(),
             child: Some(child),
         }
+    }
+
+    /// Flags the tests usually want, unless `spec.extra` sets them.
+    fn defaults(spec: &Spec) -> Vec<String> {
+        let sink = format!("file:{}", spec.dir.join("crashes.jsonl").display());
+        [
+            ("--publish-interval-ms", "200".to_string()),
+            ("--workers", "1".to_string()),
+            ("--sink", sink),
+        ]
+        .into_iter()
+        .filter(|(flag, _)| !spec.extra.iter().any(|e| e == flag))
+        .flat_map(|(flag, value)| [flag.to_string(), value])
+        .collect()
     }
 
     pub fn pid(&self) -> i32 {

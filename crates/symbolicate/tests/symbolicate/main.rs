@@ -6,3 +6,4 @@ mod elf;
 mod events;
 mod formats;
 mod pipeline;
+mod shared;

@@ -15,13 +15,13 @@ use symbolicate::{
 use crate::common::*;
 use crate::elf::C_SOURCE;
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    binary: PathBuf,
-    debug_id: DebugId,
+pub(crate) struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub binary: PathBuf,
+    pub debug_id: DebugId,
 }
 
-fn fixture() -> Fixture {
+pub(crate) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let prefix_map = format!("-fdebug-prefix-map={}=/src", dir.path().display());
     let binary = compile(
@@ -40,7 +40,7 @@ fn fixture() -> Fixture {
     }
 }
 
-fn caches(f: &Fixture, clock: ManualClock) -> Arc<SymCaches> {
+pub(crate) fn caches(f: &Fixture, clock: ManualClock) -> Arc<SymCaches> {
     let store = SymbolStore::open(f.dir.path().join("store")).unwrap();
     Arc::new(SymCaches::with_clock(
         store,
@@ -51,7 +51,7 @@ fn caches(f: &Fixture, clock: ManualClock) -> Arc<SymCaches> {
 
 /// Address of the instruction after the first `call` to `callee` inside `caller` (a real
 /// return address), read from `objdump -d`.
-fn return_address(binary: &Path, caller: &str, callee: &str) -> u64 {
+pub(crate) fn return_address(binary: &Path, caller: &str, callee: &str) -> u64 {
     let out = run(Command::new("objdump")
         .args(["-d", "--no-show-raw-insn"])
         .arg(binary));
@@ -74,16 +74,16 @@ fn return_address(binary: &Path, caller: &str, callee: &str) -> u64 {
     panic!("no call to {callee} in {caller}");
 }
 
-fn symbol(binary: &Path, name: &str) -> Sym {
+pub(crate) fn symbol(binary: &Path, name: &str) -> Sym {
     text_symbols(binary)
         .into_iter()
         .find(|s| s.name == name)
         .unwrap()
 }
 
-const BASE: u64 = 0x5555_0000_0000;
+pub(crate) const BASE: u64 = 0x5555_0000_0000;
 
-fn event(f: &Fixture, frames: &[(u64, &str)], other_id: &str) -> CrashEvent {
+pub(crate) fn event(f: &Fixture, frames: &[(u64, &str)], other_id: &str) -> CrashEvent {
     let frames: Vec<_> = frames
         .iter()
         .map(|(a, mode)| json!({"instruction_addr": format!("{a:#x}"), "addr_mode": mode}))
