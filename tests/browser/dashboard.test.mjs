@@ -182,6 +182,8 @@ test('dashboard shows live statistics, group details, and reconnects', { timeout
     assert.equal(await page.locator('[data-testid="cluster-member"][data-leader="true"] [data-testid="leader-badge"]').count(), 1);
     assert.match(await page.getByTestId('cluster-epoch').textContent(), /^\d+$/);
     assert.match(await members.first().textContent(), new RegExp(`127\\.0\\.0\\.1:${port}`));
+    assert.match(await page.getByTestId('cluster-lease').textContent(), /^(single node \(no lease\)|lease \d)/);
+    assert.equal(await page.locator('[data-testid="cluster-member"] .badge.self').count(), 1);
   });
 
   await t.test('a click on a group shows its symbolicated stack', async () => {

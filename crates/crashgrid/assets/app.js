@@ -440,9 +440,22 @@
     $('backlog-oldest').classList.toggle('warn', backlog.oldest_unacked_age_ms > 10000);
   }
 
+  // The node serving this page (snapshots come from the leader, whichever pod serves them).
+  let selfId = null;
+  fetch('/api/v1/cluster').then((r) => r.json()).then((v) => { selfId = v.node; }).catch(() => {});
+
+  function fmtMs(ms) {
+    return ms % 1000 === 0 ? `${ms / 1000} s` : `${(ms / 1000).toFixed(2)} s`;
+  }
+
   function renderCluster(snap) {
     const { cluster } = snap;
     setText('cluster-epoch', fmtInt(cluster.epoch));
+    const lease = cluster.lease;
+    const changes = (cluster.transitions || []).length;
+    setText('cluster-lease', lease
+      ? `lease ${fmtMs(lease.lease_duration_ms)} · renew deadline ${fmtMs(lease.renew_deadline_ms)} · retry ${fmtMs(lease.retry_period_ms)} · ${changes} leader change${changes === 1 ? '' : 's'} seen`
+      : 'single node (no lease)');
     const items = cluster.members.map((mem) => h('li', {
       class: `member${mem.healthy ? '' : ' unhealthy'}`,
       'data-testid': 'cluster-member',
@@ -452,7 +465,7 @@
     h('span', { class: 'dot', title: mem.healthy ? 'healthy' : 'not answering' }),
     h('span', { class: 'member-id', text: mem.id }),
     mem.leader ? h('span', { class: 'badge leader', 'data-testid': 'leader-badge', text: 'leader' }) : null,
-    mem.id === snap.node ? h('span', { class: 'badge self', text: 'this node' }) : null,
+    mem.id === (selfId || snap.node) ? h('span', { class: 'badge self', text: 'this node' }) : null,
     h('span', { class: 'member-addr muted', text: mem.address }),
     h('span', { class: `member-health ${mem.healthy ? 'ok' : 'bad'}`, text: mem.healthy ? 'healthy' : 'unhealthy' })));
     if (!cluster.leader) items.unshift(h('li', { class: 'member warn-text', text: 'No leader elected' }));

@@ -242,7 +242,7 @@ impl NatsConfig {
 }
 
 /// The consumer's backlog as one pod sees it, refreshed about once a second.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct NatsBacklog {
     /// Whether the client is connected to a server now.
     pub connected: bool,

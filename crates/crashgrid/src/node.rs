@@ -337,6 +337,10 @@ pub struct NodeSnapshot {
     pub ingest: IngestView,
     /// Cluster view.
     pub cluster: ClusterView,
+    /// The NATS consumer's backlog (consumer-wide: the same from every pod), when this node
+    /// runs the NATS source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<crate::nats::NatsBacklog>,
 }
 
 struct Inner {
@@ -654,6 +658,7 @@ impl Node {
                 rejected_total: m.rejected.snapshot().values().sum(),
             },
             cluster: self.cluster(),
+            nats: crate::nats::backlog_of(self.id()).map(|b| *b.borrow()),
         }
     }
 

@@ -48,6 +48,9 @@ impl<K, V> Default for Generations<K, V> {
     }
 }
 
+/// An unshared-path entry: the SymCache generation and the frames.
+type FramesEntry = (u64, Arc<[SourceFrame]>);
+
 /// A shared-path entry: the value, and until when a negative one may be served.
 type SharedEntry = (FrameValue, Option<Instant>);
 
@@ -64,7 +67,7 @@ pub struct FrameCacheStats {
 
 /// A bounded cache of symbolicated addresses (see the module docs).
 pub struct FrameCache {
-    shards: Vec<Mutex<Generations<Key, (u64, Arc<[SourceFrame]>)>>>,
+    shards: Vec<Mutex<Generations<Key, FramesEntry>>>,
     shared: Vec<Mutex<Generations<FrameKey, SharedEntry>>>,
     per_shard: usize,
     hasher: std::collections::hash_map::RandomState,
@@ -93,7 +96,7 @@ impl FrameCache {
         }
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<Generations<Key, (u64, Arc<[SourceFrame]>)>> {
+    fn shard(&self, key: &Key) -> &Mutex<Generations<Key, FramesEntry>> {
         &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 

@@ -360,3 +360,30 @@ fn backoff_grows_exponentially_with_bounded_jitter() {
         }
     }
 }
+
+/// DNS discovery resolves the A/AAAA records of a name (here `localhost`, as a headless
+/// Service name would resolve to its pods) with the given port; a name that does not resolve
+/// starts empty instead of failing (the Service may have no ready pod yet).
+#[tokio::test]
+async fn dns_discovery_resolves_names_and_tolerates_missing_ones() {
+    let handle = cluster::dns_peers("localhost:7946", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let peers = handle.peers();
+    assert!(
+        peers.contains(&"127.0.0.1:7946".parse().unwrap())
+            || peers.contains(&"[::1]:7946".parse().unwrap()),
+        "{peers:?}"
+    );
+    assert!(peers.iter().all(|a| a.port() == 7946));
+    let missing = cluster::dns_peers("no-such-host.invalid:7946", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(missing.peers().is_empty());
+    assert!(cluster::dns_peers("localhost", Duration::from_secs(1)).await.is_err());
+    // Static discovery of IP addresses needs no task and never changes.
+    let fixed = cluster::static_peers(&["127.0.0.1:1".into(), "127.0.0.1:2".into()], Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(fixed.peers().len(), 2);
+}

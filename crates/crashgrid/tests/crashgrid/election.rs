@@ -249,3 +249,36 @@ async fn rpc_without_the_cluster_secret_is_rejected_and_counted() {
         "{metrics}"
     );
 }
+
+/// `crashgrid up` (the README's first command) starts three node processes by default, which
+/// elect a leader, take the demo traffic and stop cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_a_three_node_cluster_with_demo_traffic() {
+    let out = tokio::task::spawn_blocking(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_crashgrid"))
+            .args(["up", "--port", "0", "--rate", "50", "--duration", "6"])
+            .env("CRASHGRID_LOG", "info")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("crashgrid is up: 3 nodes"), "{stdout}");
+    for id in ["node-1", "node-2", "node-3"] {
+        assert!(stdout.contains(&format!("  {id}: dashboard http://127.0.0.1:")), "{stdout}");
+    }
+    assert!(stderr.contains("The cluster has a new leader: node-"), "{stderr}");
+    assert!(
+        stderr.contains("The list of cluster members has changed: [node-1, node-2, node-3]"),
+        "{stderr}"
+    );
+    let accepted: u64 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("accepted"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the loadgen report");
+    assert!(accepted > 0, "{stdout}");
+}

@@ -7,3 +7,4 @@ mod kubernetes;
 mod nats;
 mod node;
 mod procs;
+mod shared_cache;

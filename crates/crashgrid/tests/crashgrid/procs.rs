@@ -104,6 +104,18 @@ impl ProcNode {
         .collect()
     }
 
+    /// A node of `spec` that is not running (yet): start it with [`ProcCluster::restart`].
+    pub fn not_started(spec: &Spec) -> ProcNode {
+        ProcNode {
+            id: spec.id.clone(),
+            url: format!("http://127.0.0.1:{}", spec.http_port),
+            http_port: spec.http_port,
+            rpc_port: spec.rpc_port,
+            dir: spec.dir.clone(),
+            child: None,
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }
@@ -196,6 +208,49 @@ impl ProcCluster {
         };
         c.converged(n, Duration::from_secs(60)).await;
         c
+    }
+
+    /// Like [`start`](Self::start), with `total` nodes configured (every one is in the others'
+    /// peer lists) of which only the first `running` are started; start the others with
+    /// [`restart`](Self::restart).
+    pub async fn start_some(total: usize, running: usize, extra: &[&str]) -> ProcCluster {
+        let root = tempfile::tempdir().unwrap();
+        let specs = Self::specs(total, root.path(), extra);
+        let nodes = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if i < running {
+                    ProcNode::spawn(s)
+                } else {
+                    ProcNode::not_started(s)
+                }
+            })
+            .collect();
+        let c = ProcCluster {
+            nodes,
+            specs,
+            _root: root,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap(),
+        };
+        c.converged(running, Duration::from_secs(60)).await;
+        c
+    }
+
+    /// Replaces stopped node `i` by a new pod named `id` with the same ports and an empty data
+    /// directory (a Kubernetes rolling update: new pod name, empty emptyDir), and starts it.
+    pub fn replace(&mut self, i: usize, id: &str) {
+        assert!(!self.nodes[i].is_running());
+        let dir = self._root.path().join(id);
+        self.specs[i] = Spec {
+            id: id.to_string(),
+            dir,
+            ..self.specs[i].clone()
+        };
+        self.nodes[i] = ProcNode::spawn(&self.specs[i]);
     }
 
     /// `GET /api/v1/cluster` of node `i` (None while it does not answer).
