@@ -92,17 +92,7 @@ pub async fn run(
         ..LoadgenConfig::default()
     };
     let traffic = tokio::spawn(loadgen::run(cfg, stopped(traffic_rx)));
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = async { match duration { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {}
-    }
-    println!("stopping…");
-    let _ = stop_traffic.send(true);
-    match traffic.await {
-        Ok(Ok(report)) => println!("{report}"),
-        Ok(Err(e)) => eprintln!("demo traffic failed: {e:#}"),
-        Err(e) => eprintln!("demo traffic task failed: {e}"),
-    }
+    run_until_stopped(duration, stop_traffic, traffic).await;
     let _ = stop_server.send(true);
     server.await.context("server task")??;
     Ok(())
@@ -254,17 +244,7 @@ async fn run_cluster(
         let mut rx = traffic_rx;
         let _ = rx.wait_for(|s| *s).await;
     }));
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = async { match duration { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {}
-    }
-    println!("stopping…");
-    let _ = stop_traffic.send(true);
-    match traffic.await {
-        Ok(Ok(report)) => println!("{report}"),
-        Ok(Err(e)) => eprintln!("demo traffic failed: {e:#}"),
-        Err(e) => eprintln!("demo traffic task failed: {e}"),
-    }
+    run_until_stopped(duration, stop_traffic, traffic).await;
     for c in &children {
         signal(&c.process, nix::sys::signal::Signal::SIGTERM);
     }
@@ -280,4 +260,30 @@ async fn run_cluster(
         }
     }
     Ok(())
+}
+
+/// Waits for Ctrl-C / SIGTERM (or `duration`), then stops the demo traffic and prints its
+/// report.
+async fn run_until_stopped(
+    duration: Option<Duration>,
+    stop_traffic: watch::Sender<bool>,
+    traffic: tokio::task::JoinHandle<anyhow::Result<loadgen::LoadgenReport>>,
+) {
+    let elapsed = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = elapsed => {}
+    }
+    println!("stopping…");
+    let _ = stop_traffic.send(true);
+    match traffic.await {
+        Ok(Ok(report)) => println!("{report}"),
+        Ok(Err(e)) => eprintln!("demo traffic failed: {e:#}"),
+        Err(e) => eprintln!("demo traffic task failed: {e}"),
+    }
 }

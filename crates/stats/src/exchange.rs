@@ -150,6 +150,16 @@ impl<T> Outbox<T> {
             }
         }
         self.seq += 1;
+        self.build(pod, epoch, backlog, |s| s.version > s.acked)
+    }
+
+    fn build(
+        &self,
+        pod: &str,
+        epoch: u64,
+        backlog: PodBacklog,
+        keep: impl Fn(&Slot<T>) -> bool,
+    ) -> PartialsMessage {
         PartialsMessage {
             pod: pod.to_string(),
             epoch,
@@ -157,7 +167,7 @@ impl<T> Outbox<T> {
             slices: self
                 .slots
                 .iter()
-                .filter(|(_, s)| s.version > s.acked)
+                .filter(|(_, s)| keep(s))
                 .map(|(&second, s)| SliceUpdate {
                     second,
                     version: s.version,
@@ -170,21 +180,7 @@ impl<T> Outbox<T> {
 
     /// Every slot, whatever was acknowledged (for a new leader collecting windows).
     pub fn full(&self, pod: &str, epoch: u64, backlog: PodBacklog) -> PartialsMessage {
-        PartialsMessage {
-            pod: pod.to_string(),
-            epoch,
-            seq: self.seq,
-            slices: self
-                .slots
-                .iter()
-                .map(|(&second, s)| SliceUpdate {
-                    second,
-                    version: s.version,
-                    partial: s.partial.clone(),
-                })
-                .collect(),
-            backlog,
-        }
+        self.build(pod, epoch, backlog, |_| true)
     }
 
     /// The leader's answer: releases and returns the items now acknowledged. An answer for

@@ -230,15 +230,7 @@ impl Node {
         for m in ex.replica.lock().export() {
             reducer.absorb(m, now);
         }
-        let members: Vec<_> = link
-            .cluster
-            .state()
-            .members
-            .members
-            .iter()
-            .filter(|m| !m.is_self)
-            .map(|m| m.info.addr)
-            .collect();
+        let members = peers(&link.cluster.state());
         let body = encode_json(&CollectRequest { epoch }).expect("encodes");
         let calls = members.into_iter().map(|addr| {
             let body = body.clone();
@@ -324,15 +316,7 @@ impl Node {
         };
         let json = self.inner.snapshots.borrow().to_string();
         let body = encode_json(&SnapshotPush { epoch, json }).expect("encodes");
-        let members: Vec<_> = link
-            .cluster
-            .state()
-            .members
-            .members
-            .iter()
-            .filter(|m| !m.is_self)
-            .map(|m| m.info.addr)
-            .collect();
+        let members = peers(&link.cluster.state());
         let calls = members.into_iter().map(|addr| {
             let body = body.clone();
             async move {
@@ -379,6 +363,17 @@ impl Node {
             inner: Arc::downgrade(&self.inner),
         })
     }
+}
+
+/// Every other member's RPC address.
+fn peers(state: &cluster::ClusterState) -> Vec<std::net::SocketAddr> {
+    state
+        .members
+        .members
+        .iter()
+        .filter(|m| !m.is_self)
+        .map(|m| m.info.addr)
+        .collect()
 }
 
 /// The standby: the first member by id other than the leader itself.
