@@ -560,9 +560,15 @@ impl Node {
         Ok(n)
     }
 
-    /// The current backlog figures.
+    /// This node's own backlog figures (the snapshot's are cluster-wide).
     pub fn backlog(&self) -> BacklogView {
-        self.snapshot().backlog
+        let (unacked, oldest_unacked_age_ms) = self.local_backlog_view();
+        BacklogView {
+            unacked,
+            oldest_unacked_age_ms,
+            avg_symbolication_us: self.snapshot().backlog.avg_symbolication_us,
+            queue_capacity: self.inner.backlog.capacity as u64,
+        }
     }
 
     /// Joins this node to a running cluster (once; later calls are ignored): serves the

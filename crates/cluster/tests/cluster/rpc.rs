@@ -380,10 +380,15 @@ async fn dns_discovery_resolves_names_and_tolerates_missing_ones() {
         .await
         .unwrap();
     assert!(missing.peers().is_empty());
-    assert!(cluster::dns_peers("localhost", Duration::from_secs(1)).await.is_err());
-    // Static discovery of IP addresses needs no task and never changes.
-    let fixed = cluster::static_peers(&["127.0.0.1:1".into(), "127.0.0.1:2".into()], Duration::from_secs(1))
+    assert!(cluster::dns_peers("localhost", Duration::from_secs(1))
         .await
-        .unwrap();
+        .is_err());
+    // Static discovery of IP addresses needs no task and never changes.
+    let fixed = cluster::static_peers(
+        &["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
     assert_eq!(fixed.peers().len(), 2);
 }

@@ -268,9 +268,15 @@ async fn up_runs_a_three_node_cluster_with_demo_traffic() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("crashgrid is up: 3 nodes"), "{stdout}");
     for id in ["node-1", "node-2", "node-3"] {
-        assert!(stdout.contains(&format!("  {id}: dashboard http://127.0.0.1:")), "{stdout}");
+        assert!(
+            stdout.contains(&format!("  {id}: dashboard http://127.0.0.1:")),
+            "{stdout}"
+        );
     }
-    assert!(stderr.contains("The cluster has a new leader: node-"), "{stderr}");
+    assert!(
+        stderr.contains("The cluster has a new leader: node-"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("The list of cluster members has changed: [node-1, node-2, node-3]"),
         "{stderr}"

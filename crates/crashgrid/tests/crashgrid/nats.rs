@@ -689,8 +689,15 @@ async fn backlog_figures_follow_the_consumer() {
         "{metrics}"
     );
     // The snapshot (what /api/v1/stats and the WebSocket serve) carries the figures too.
-    let in_snapshot = node.node.snapshot().nats.expect("NATS figures in the snapshot");
-    assert_eq!((in_snapshot.unacked, in_snapshot.oldest_unacked_age_ms), (0, 0));
+    let in_snapshot = node
+        .node
+        .snapshot()
+        .nats
+        .expect("NATS figures in the snapshot");
+    assert_eq!(
+        (in_snapshot.unacked, in_snapshot.oldest_unacked_age_ms),
+        (0, 0)
+    );
     assert!(in_snapshot.connected);
     source.stop().await;
     node.stop().await;
