@@ -309,6 +309,12 @@ impl Reducer {
         held
     }
 
+    /// Records a pod's backlog without partials (the leader's own, right after it released
+    /// the jobs it just accepted).
+    pub fn report_backlog(&mut self, pod: &str, backlog: PodBacklog, now_second: u64) {
+        self.backlogs.insert(pod.to_string(), (backlog, now_second));
+    }
+
     /// Every (pod, second) held, as messages per pod (for the standby replica and for a new
     /// leader collecting windows).
     pub fn export(&self) -> Vec<PartialsMessage> {

@@ -107,6 +107,15 @@ impl Node {
         }
     }
 
+    /// The leader's own backlog in its reducer, as it is after releasing (a pod's report is
+    /// otherwise the one it sent with its partials, one round old).
+    fn report_own_backlog(&self, now: u64) {
+        let backlog = self.local_backlog();
+        if let Some(r) = self.inner.exchange.reducer.lock().as_mut() {
+            r.report_backlog(&self.inner.config.node_id, backlog, now);
+        }
+    }
+
     fn release(&self, jobs: Vec<u64>) {
         for seq in jobs {
             self.inner.backlog.ack(seq);
@@ -139,6 +148,7 @@ impl Node {
             if let Ok(a) = accepted {
                 let released = ex.outbox.lock().on_accepted(&a);
                 self.release(released);
+                self.report_own_backlog(now);
             }
             self.publish_local();
             return;
@@ -176,6 +186,7 @@ impl Node {
                 if replicated {
                     let released = ex.outbox.lock().on_accepted(&a);
                     self.release(released);
+                    self.report_own_backlog(now);
                 }
             }
         } else {

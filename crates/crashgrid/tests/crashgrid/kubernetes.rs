@@ -402,6 +402,34 @@ async fn pods_configured_as_the_manifest_elect_on_the_lease_and_survive_a_rollin
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // The cache stayed warm: the pods of the new ReplicaSet answered most frame lookups from
+    // the shared grid (entries migrated or handed off from the old pods) instead of
+    // symbolicating again.
+    for p in &pods {
+        let metrics = client
+            .get(format!("{}/metrics", p.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |prefix: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{prefix} missing in\n{metrics}"))
+        };
+        let lookups = value("crashgrid_grid_lookups_total ");
+        let ratio = value("crashgrid_grid_hit_ratio{tier=\"all\"} ");
+        assert!(lookups > 0.0, "{}: no lookups", p.name);
+        assert!(
+            ratio >= 0.8,
+            "{}: grid hit ratio {ratio} over {lookups} lookups",
+            p.name
+        );
+    }
     // Leader changes were logged, and the Lease counts them.
     let logs: String = pods.iter().map(Pod::log).collect();
     assert!(logs.contains(&format!("The cluster has a new leader: {new_leader}")));
