@@ -212,7 +212,6 @@ fn leaders(nodes: &[Cluster]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_converge_on_members_and_one_leader_everyone_agrees_on() {
     let sim = Sim::start(3);
-    let mut events = sim.nodes[0].events();
     sim.until("full membership and one leader everyone names", |s| {
         s.nodes.iter().all(|c| ids(c).len() == 3)
             && leaders(&s.nodes).len() == 1
@@ -243,15 +242,29 @@ async fn three_nodes_converge_on_members_and_one_leader_everyone_agrees_on() {
             .iter()
             .any(|t| t.leader.as_deref() == Some(&leader)));
     }
-    // Both kinds of events were broadcast.
+    // Both kinds of events are broadcast: the leader leaves, and a follower hears of the new
+    // member list and of the new leader.
+    let follower = sim.nodes.iter().find(|c| c.me().id != leader).unwrap();
+    let mut events = follower.events();
+    let li = sim.nodes.iter().position(|c| c.me().id == leader).unwrap();
+    sim.nodes[li].shutdown().await;
     let (mut members, mut leader_changed) = (false, false);
-    while let Ok(e) = events.try_recv() {
-        match e {
-            ClusterEvent::MembersChanged(_) => members = true,
-            ClusterEvent::LeaderChanged { .. } => leader_changed = true,
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(members && leader_changed) {
+        assert!(
+            Instant::now() < deadline,
+            "events: members {members}, leader {leader_changed}"
+        );
+        match tokio::time::timeout(ms(100), events.recv()).await {
+            Ok(Ok(ClusterEvent::MembersChanged(list))) => {
+                members |= !list.ids().contains(&leader.as_str())
+            }
+            Ok(Ok(ClusterEvent::LeaderChanged { leader: l, .. })) => {
+                leader_changed |= l.as_deref() != Some(leader.as_str())
+            }
+            _ => {}
         }
     }
-    assert!(members && leader_changed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
