@@ -356,6 +356,8 @@ async fn pods_configured_as_the_manifest_elect_on_the_lease_and_survive_a_rollin
         old_logs.push(format!("--- {} ---\n{}", old.name, old.log()));
         converged(&client, &pods, 3).await;
     }
+    // The new ReplicaSet serves traffic for a while (every new pod gets some).
+    tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     sender.await.unwrap();
     let sent = accepted.load(Ordering::Relaxed);
