@@ -448,8 +448,8 @@ impl Ctx {
 }
 
 /// The backoff to wait now (with ±25 % jitter so workers do not retry in lockstep), doubling
-/// the next one up to [`MAX_BACKOFF`].
-fn jittered(backoff: &mut Duration) -> Duration {
+/// the next one up to [`MAX_BACKOFF`]. Shared with the NATS source's reconnect loops.
+pub(crate) fn jittered(backoff: &mut Duration) -> Duration {
     let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.75..1.25));
     *backoff = (*backoff * 2).min(MAX_BACKOFF);
     wait
@@ -479,7 +479,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Sleeps for `d`; false when the run was stopped first (or already).
-async fn sleep_unless_stopped(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+pub(crate) async fn sleep_unless_stopped(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     if *stop.borrow() {
         return false;
     }

@@ -28,7 +28,6 @@ use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use rand::Rng;
 use serde::Serialize;
 use symbolicate::{CrashEvent, EventError};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -36,10 +35,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{
     register, Claim, EventIdDedup, NatsBacklog, NatsConfig, NatsCounters, Registered, SeenEvents,
 };
+use crate::loadgen::{jittered, sleep_unless_stopped};
 use crate::node::Node;
 
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest wait for in-flight messages to be acknowledged when the source stops.
 const STOP_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for room in the node's queue before a leased message is nak'ed.
@@ -177,27 +176,6 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn jittered(backoff: &mut Duration) -> Duration {
-    let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.75..1.25));
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-    wait
-}
-
-/// Sleeps for `d`; false when stopped first (or already).
-async fn sleep_unless_stopped(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-    if *stop.borrow() {
-        return false;
-    }
-    tokio::select! {
-        () = tokio::time::sleep(d) => !*stop.borrow(),
-        () = async {
-            if stop.wait_for(|s| *s).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        } => false,
-    }
 }
 
 /// A running NATS source. Dropping it asks the source to stop (it then finishes in the
