@@ -20,26 +20,32 @@
 //! looks again (the file may have been uploaded since). Uploading a file through
 //! [`SymCaches::invalidate`] forgets the remembered failure at once.
 //!
-//! Loaded SymCaches are kept as their bytes (memory-mapped when read from disk); a lookup parses
-//! the header on each use (a few bounds checks, no scan), which keeps the crate free of
-//! self-referential `unsafe`. Each loaded SymCache memoizes its demangled function names as
-//! shared strings: hot frames repeat, and demangling a C++ name costs microseconds.
+//! Loaded SymCaches are kept as their bytes (memory-mapped when read from disk) plus where their
+//! tables are, validated once at load (`symindex.rs` reads the format; a lookup only slices the
+//! bytes again, which keeps the crate free of self-referential `unsafe`). Each loaded SymCache
+//! memoizes, per file and per function, the full path and the demangled names as shared
+//! strings, filled on first use: hot frames repeat, joining paths is half the cost of a lookup,
+//! and demangling a C++ name costs microseconds.
+//!
+//! A loaded SymCache is answered from memory without consulting the clock: only remembered
+//! failures expire.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use symbolic::common::{Arch, ByteView, DebugId};
-use symbolic::symcache::{SymCache, SymCacheConverter, SYMCACHE_VERSION};
+use symbolic::symcache::{SymCacheConverter, SYMCACHE_VERSION};
 
 use crate::clock::{Clock, SystemClock};
 use crate::object::{parse_archive, select};
 use crate::store::{write_atomic, SymbolStore};
 use crate::symbolicator::{lookup_in, NameMemo, SourceFrame};
+use crate::symindex::{SymLayout, SymReader};
 
 /// Our own revision of the conversion; bump it when the converter's input or settings change.
 const CACHE_REVISION: u32 = 1;
@@ -85,7 +91,7 @@ impl CacheConfig {
 #[derive(Debug)]
 pub struct LoadedSymCache {
     bytes: ByteView<'static>,
-    debug_id: DebugId,
+    layout: SymLayout,
     arch: Arch,
     generation: u64,
     pub(crate) names: NameMemo,
@@ -97,18 +103,16 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl LoadedSymCache {
     fn new(bytes: ByteView<'static>, debug_id: DebugId) -> Result<Self, CacheError> {
-        let arch = SymCache::parse(&bytes)
-            .map_err(|e| CacheError::Malformed {
-                debug_id,
-                reason: format!("symcache: {e}"),
-            })?
-            .arch();
-        Ok(Self {
-            bytes,
+        let layout = SymLayout::parse(&bytes).map_err(|e| CacheError::Malformed {
             debug_id,
-            arch,
+            reason: format!("symcache: {e}"),
+        })?;
+        Ok(Self {
+            names: NameMemo::new(&layout),
+            arch: Arch::from_u32(layout.arch()),
+            bytes,
+            layout,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
-            names: NameMemo::default(),
         })
     }
 
@@ -122,13 +126,15 @@ impl LoadedSymCache {
         self.generation
     }
 
-    /// Parses the SymCache and runs `f` on it.
-    pub fn with<R>(&self, f: impl FnOnce(&SymCache<'_>) -> R) -> Result<R, CacheError> {
-        let cache = SymCache::parse(&self.bytes).map_err(|e| CacheError::Malformed {
-            debug_id: self.debug_id,
-            reason: format!("symcache: {e}"),
-        })?;
-        Ok(f(&cache))
+    /// Whether the SymCache is in the format version the converter writes now.
+    fn is_latest(&self) -> bool {
+        self.layout.version() == SYMCACHE_VERSION
+    }
+
+    /// Runs `f` on a reader of the SymCache (validated at load, so this cannot fail; the
+    /// `Result` matches the other ways of getting at a SymCache).
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&SymReader<'_>) -> R) -> Result<R, CacheError> {
+        Ok(f(&SymReader::new(&self.bytes, &self.layout)))
     }
 
     /// Looks up a module-relative address: source frames innermost first, empty when no symbol
@@ -150,9 +156,30 @@ impl LoadedSymCache {
 
 type Outcome = Result<Arc<LoadedSymCache>, CacheError>;
 
+/// The in-memory state of one debug id.
 #[derive(Default)]
 struct Slot {
-    state: Mutex<Option<(Outcome, Instant)>>,
+    /// The loaded SymCache, once there is one: read without taking `failure`'s lock.
+    loaded: OnceLock<Arc<LoadedSymCache>>,
+    /// Held while loading or converting (concurrent callers wait on it), and the last failure
+    /// with when it happened.
+    failure: Mutex<Option<(CacheError, Instant)>>,
+}
+
+/// A debug id as the key of the slot map: equal ids are equal keys; the hash covers the UUID
+/// and the appendix (what tells ids apart) in one write instead of `DebugId`'s six, since it is
+/// computed for every lookup. The map keeps the standard keyed hasher: ids come from crash
+/// reports.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SlotKey(DebugId);
+
+impl std::hash::Hash for SlotKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut bytes = [0u8; 20];
+        bytes[..16].copy_from_slice(self.0.uuid().as_bytes());
+        bytes[16..].copy_from_slice(&self.0.appendix().to_le_bytes());
+        state.write(&bytes);
+    }
 }
 
 /// Counters of the SymCache layer (monotonic).
@@ -171,7 +198,7 @@ pub struct SymCaches {
     store: SymbolStore,
     config: CacheConfig,
     clock: Arc<dyn Clock>,
-    slots: Mutex<HashMap<DebugId, Arc<Slot>>>,
+    slots: Mutex<HashMap<SlotKey, Arc<Slot>>>,
     counters: Mutex<CacheCounters>,
 }
 
@@ -231,7 +258,7 @@ impl SymCaches {
 
     /// Forgets what is known about `debug_id` (call after a new upload for it).
     pub fn invalidate(&self, debug_id: &DebugId) {
-        self.slots.lock().remove(debug_id);
+        self.slots.lock().remove(&SlotKey(*debug_id));
         let _ = fs::remove_file(self.cache_path(debug_id));
     }
 
@@ -239,32 +266,52 @@ impl SymCaches {
     ///
     /// Blocking and possibly CPU-heavy (conversion): call it off the async runtime.
     pub fn get(&self, debug_id: &DebugId) -> Outcome {
-        let slot = self.slots.lock().entry(*debug_id).or_default().clone();
-        let mut state = slot.state.lock();
+        let slot = {
+            let mut slots = self.slots.lock();
+            let slot = slots.entry(SlotKey(*debug_id)).or_default();
+            if let Some(loaded) = slot.loaded.get() {
+                return Ok(loaded.clone());
+            }
+            slot.clone()
+        };
+        let mut failure = slot.failure.lock();
+        if let Some(loaded) = slot.loaded.get() {
+            // Loaded by the caller we waited for.
+            return Ok(loaded.clone());
+        }
         let now = self.clock.now();
-        if let Some((outcome, at)) = state.as_ref() {
-            match outcome {
-                Ok(_) => return outcome.clone(),
-                Err(_) if now.saturating_duration_since(*at) < self.config.negative_ttl => {
-                    self.counters.lock().negative_hits += 1;
-                    return outcome.clone();
-                }
-                Err(_) => {}
+        if let Some((error, at)) = failure.as_ref() {
+            if now.saturating_duration_since(*at) < self.config.negative_ttl {
+                self.counters.lock().negative_hits += 1;
+                return Err(error.clone());
             }
         }
-        let outcome = self.load_or_convert(debug_id).map(Arc::new);
-        *state = Some((outcome.clone(), now));
-        outcome
+        match self.load_or_convert(debug_id) {
+            Ok(loaded) => {
+                let loaded = Arc::new(loaded);
+                *failure = None;
+                Ok(slot.loaded.get_or_init(|| loaded).clone())
+            }
+            Err(error) => {
+                *failure = Some((error.clone(), now));
+                Err(error)
+            }
+        }
     }
 
     fn load_or_convert(&self, debug_id: &DebugId) -> Result<LoadedSymCache, CacheError> {
         let path = self.cache_path(debug_id);
         if let Ok(bytes) = ByteView::open(&path) {
-            if SymCache::parse(&bytes).is_ok_and(|c| c.is_latest()) {
-                self.counters.lock().disk_loads += 1;
-                return LoadedSymCache::new(bytes, *debug_id);
+            match LoadedSymCache::new(bytes, *debug_id) {
+                Ok(loaded) if loaded.is_latest() => {
+                    self.counters.lock().disk_loads += 1;
+                    return Ok(loaded);
+                }
+                _ => tracing::warn!(
+                    path = %path.display(),
+                    "discarding unreadable cached symcache"
+                ),
             }
-            tracing::warn!(path = %path.display(), "discarding unreadable cached symcache");
         }
         let source = self
             .store

@@ -8,7 +8,9 @@
 //!    in memory, coalesces concurrent conversions, and remembers missing or malformed files for
 //!    a TTL.
 //! 3. [`Symbolicator`] adjusts return addresses, looks them up, expands inlined frames and
-//!    demangles names, reporting a [`FrameStatus`] per frame.
+//!    demangles names, reporting a [`FrameStatus`] per frame. Lookups read the SymCache format
+//!    themselves (`symindex.rs`, answering exactly as `symbolic`'s reader) so that each file's
+//!    full path and each function's names are computed once per SymCache.
 //! 4. Optionally, a cache shared by the pods of a cluster ([`SharedFrames`], keyed by
 //!    [`FrameKey`], holding [`FrameValue`]s) answers frames other pods already symbolicated,
 //!    without loading the SymCache.
@@ -27,6 +29,7 @@ mod object;
 mod shared;
 mod store;
 mod symbolicator;
+mod symindex;
 
 pub use cache::{CacheConfig, CacheCounters, CacheError, LoadedSymCache, SymCaches};
 pub use clock::{Clock, ManualClock, SystemClock};

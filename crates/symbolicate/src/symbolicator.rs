@@ -18,16 +18,14 @@ use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
-use symbolic::common::{Arch, DebugId, InstructionInfo, Language, Name};
+use symbolic::common::{Arch, DebugId, InstructionInfo, Language, Name, NameMangling};
 use symbolic::demangle::{Demangle, DemangleOptions};
-use symbolic::symcache::SymCache;
-
-use parking_lot::RwLock;
 
 use crate::cache::{CacheError, LoadedSymCache, SymCaches};
 use crate::event::{AddrMode, CrashEvent, Frame, Module};
 use crate::frames::FrameCache;
 use crate::shared::{SharedFrames, Uploads};
+use crate::symindex::{LazyTable, SymLayout, SymReader};
 
 /// Outcome of symbolicating one frame, as Symbolicator names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -199,10 +197,6 @@ fn ser_opt_hex<S: serde::Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::
     }
 }
 
-fn demangle(name: &Name<'_>) -> String {
-    name.try_demangle(DemangleOptions::complete()).into_owned()
-}
-
 fn language_name(lang: Language) -> &'static str {
     match lang {
         Language::Unknown => "unknown",
@@ -210,85 +204,95 @@ fn language_name(lang: Language) -> &'static str {
     }
 }
 
-/// Demangled function names of one SymCache, keyed by the address of the mangled name inside
-/// the SymCache's bytes (strings are deduplicated there, so the address identifies the string;
-/// the bytes live as long as the memo). C++ demangling costs microseconds; hot frames repeat.
-#[derive(Debug, Default)]
-pub(crate) struct NameMemo {
-    functions: RwLock<HashMap<(usize, usize), Names, BuildMix>>,
+/// What a lookup returns of one function: demangled name, raw name, language.
+#[derive(Debug, Clone)]
+struct FunctionNames {
+    function: Arc<str>,
+    raw: Arc<str>,
+    lang: &'static str,
 }
 
-/// A cheap hasher for the memo's two-word keys (addresses; no untrusted input reaches it).
-#[derive(Debug, Default, Clone, Copy)]
-struct BuildMix;
-
-#[derive(Default)]
-struct Mix(u64);
-
-impl std::hash::Hasher for Mix {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
+impl FunctionNames {
+    /// Names of the function `name` in `language`, demangled as `symbolic`'s
+    /// `Function::name_for_demangling` would be (mangling unknown: detected).
+    fn of(name: &str, language: u32) -> Self {
+        let language = Language::from_u32(language);
+        let demangled = Name::new(name, NameMangling::Unknown, language)
+            .try_demangle(DemangleOptions::complete())
+            .into_owned();
+        Self {
+            function: demangled.into(),
+            raw: name.into(),
+            lang: language_name(language),
         }
     }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
 }
 
-impl std::hash::BuildHasher for BuildMix {
-    type Hasher = Mix;
-    fn build_hasher(&self) -> Mix {
-        Mix::default()
-    }
-}
-
-/// A function's demangled and raw name.
-type Names = (Arc<str>, Arc<str>);
-
-fn str_key(s: Option<&str>) -> usize {
-    s.map_or(0, |s| s.as_ptr() as usize ^ (s.len() << 48))
+/// The strings a lookup returns, memoized per file and per function index of one SymCache (the
+/// one the memo was made for): full paths (joining and cleaning per frame was half of a warm
+/// lookup) and demangled names (C++ demangling costs microseconds). Filled lazily, on a
+/// frame's first lookup, and shared as `Arc<str>` by every frame that returns them.
+#[derive(Debug)]
+pub(crate) struct NameMemo {
+    /// Full path per file record; `None` for an empty path.
+    paths: LazyTable<Option<Arc<str>>>,
+    /// Names per function record.
+    functions: LazyTable<FunctionNames>,
+    /// The function of a location whose function index is out of range.
+    unknown: OnceLock<FunctionNames>,
 }
 
 impl NameMemo {
-    fn function(&self, function: &symbolic::symcache::Function<'_>) -> Names {
-        let key = (str_key(Some(function.name())), function.language() as usize);
-        if let Some(found) = self.functions.read().get(&key) {
-            return found.clone();
+    /// An empty memo for the SymCache laid out as `layout`.
+    pub(crate) fn new(layout: &SymLayout) -> Self {
+        Self {
+            paths: LazyTable::new(layout.num_files() as usize),
+            functions: LazyTable::new(layout.num_functions() as usize),
+            unknown: OnceLock::new(),
         }
-        let value: Names = (
-            demangle(&function.name_for_demangling()).into(),
-            function.name().into(),
-        );
-        self.functions.write().insert(key, value.clone());
-        value
+    }
+
+    /// The names of function record `index` (the unknown function `?` when out of range).
+    #[inline]
+    fn function(&self, reader: &SymReader<'_>, index: u32) -> &FunctionNames {
+        self.functions
+            .get_or_init(index as usize, || {
+                reader.function(index).map_or_else(
+                    || FunctionNames::of("?", 0),
+                    |f| FunctionNames::of(f.name, f.language),
+                )
+            })
+            .unwrap_or_else(|| self.unknown.get_or_init(|| FunctionNames::of("?", 0)))
+    }
+
+    /// The full path of file record `index`; `None` when out of range or empty.
+    #[inline]
+    fn path(&self, reader: &SymReader<'_>, index: u32) -> Option<Arc<str>> {
+        self.paths
+            .get_or_init(index as usize, || {
+                reader
+                    .file(index)
+                    .map(|f| f.full_path())
+                    .filter(|p| !p.is_empty())
+                    .map(Arc::from)
+            })?
+            .clone()
     }
 }
 
 /// Looks up a module-relative address in a SymCache: source frames innermost first; empty when
-/// no symbol covers the address.
-pub(crate) fn lookup_in(cache: &SymCache<'_>, names: &NameMemo, addr: u64) -> Vec<SourceFrame> {
+/// no symbol covers the address. `names` must be the memo made for `cache`'s SymCache.
+pub(crate) fn lookup_in(cache: &SymReader<'_>, names: &NameMemo, addr: u64) -> Vec<SourceFrame> {
     let mut frames: Vec<SourceFrame> = cache
         .lookup(addr)
         .map(|loc| {
-            let function = loc.function();
-            let (demangled, raw) = names.function(&function);
+            let function = names.function(cache, loc.function);
             SourceFrame {
-                function: demangled,
-                raw_function: raw,
-                abs_path: loc
-                    .file()
-                    .map(|f| f.full_path())
-                    .filter(|p| !p.is_empty())
-                    .map(Arc::from),
-                lineno: loc.line(),
-                lang: language_name(function.language()),
+                function: function.function.clone(),
+                raw_function: function.raw.clone(),
+                abs_path: names.path(cache, loc.file),
+                lineno: loc.line,
+                lang: function.lang,
                 inlined: true,
             }
         })

@@ -7,3 +7,4 @@ mod events;
 mod formats;
 mod pipeline;
 mod shared;
+mod symcache_reader;
