@@ -46,10 +46,10 @@ pub use election::{
     MemoryLease, MicroTime, StaleEpoch, Version, JITTER_FACTOR,
 };
 pub use grid::{
-    assign, key_hash, partition_of, plan_leave, plan_migration, rendezvous_weight, Clock, Cursor,
-    Grid, GridConfig, GridError, GridKey, GridStats, GridStatsSnapshot, GridValue, Inserted,
-    LatencyHistogram, LeaveReport, ManualClock, MigrationPlan, PartitionTable, Push, Safety,
-    StableHasher, Store, SystemClock, Transfer, WireEntry, ENTRY_OVERHEAD,
+    assign, key_hash, partition_of, plan_leave, plan_migration, rendezvous_weight, ClaimOutcome,
+    Clock, Cursor, Grid, GridConfig, GridError, GridKey, GridStats, GridStatsSnapshot, GridValue,
+    Inserted, LatencyHistogram, LeaveReport, ManualClock, MigrationPlan, PartitionTable, Push,
+    Safety, StableHasher, Store, SystemClock, Transfer, WireEntry, ENTRY_OVERHEAD,
 };
 pub use membership::{Heartbeat, Member, MemberList, Membership, MembershipConfig, NodeInfo};
 pub use rpc::{

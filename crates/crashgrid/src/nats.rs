@@ -31,8 +31,9 @@
 //!   remembered ([`EventIdDedup`] behind the [`SeenEvents`] trait). A redelivered message whose
 //!   events were all accepted is just acknowledged again; one whose first copy is still being
 //!   processed is nak'ed with a short delay (counting it now could double-count, acknowledging
-//!   it now could lose it if the first copy is lost). The set is per pod today; the cluster
-//!   grid will share it.
+//!   it now could lose it if the first copy is lost). In a cluster the set is shared
+//!   ([`ClusterSeenEvents`]: the local set in front of a grid of event ids), so a copy
+//!   redelivered to another pod is recognised too.
 //! - **Broker restarts.** The client reconnects by itself; the pull loop logs, backs off and
 //!   retries. Acks that could not be delivered are not retried: the broker redelivers those
 //!   messages after `ack_wait` and the dedup set recognises them.
@@ -53,6 +54,7 @@
 //! [`NatsSource`] is the handle form. [`backlog_of`] returns the backlog channel of the source
 //! running for a node id, and [`render_registered`] appends its metrics to `/metrics`.
 
+mod cluster_dedup;
 pub mod dedup;
 mod source;
 
@@ -65,8 +67,9 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::watch;
 
-pub use dedup::{Claim, EventIdDedup, SeenEvents};
-pub use source::{run_source, sample_backlog, ConsumerBacklog, NatsSource};
+pub use cluster_dedup::{Accepted, ClusterSeenEvents, EventGrid, EVENT_GRID_NAME};
+pub use dedup::{Claim, ClaimFuture, EventIdDedup, SeenEvents};
+pub use source::{run_source, run_source_with, sample_backlog, ConsumerBacklog, NatsSource};
 
 use crate::metrics::{Counter, Exposition, LabeledCounter};
 
@@ -414,6 +417,7 @@ impl NatsBacklog {
 struct Registered {
     backlog: watch::Receiver<NatsBacklog>,
     counters: Arc<NatsCounters>,
+    seen: Arc<dyn SeenEvents>,
     alive: Arc<AtomicBool>,
 }
 
@@ -459,6 +463,7 @@ pub fn render_registered(node_id: &str, e: &mut Exposition) {
         let backlog = *r.backlog.borrow();
         backlog.render(e);
         r.counters.render(e);
+        r.seen.render(e);
     }
 }
 

@@ -6,9 +6,10 @@
 //! 2. `/readyz` answers 503; stop accepting HTTP requests and finish the open ones; stop the
 //!    sources; the workers process every accepted event.
 //! 3. Hand the last statistics partials to the leader (bounded: 5 s).
-//! 4. Hand off the shared symbolication cache: push the partitions of which this pod holds the
-//!    only copy to their new replicas ([`cluster::Grid::leave`], bounded by the leave timeout;
-//!    the RPC server keeps serving meanwhile, so peers may also pull from this pod).
+//! 4. Hand off the shared symbolication cache and the cluster-wide set of accepted event ids
+//!    (both at once): push the partitions of which this pod holds the only copy to their new
+//!    replicas ([`cluster::Grid::leave`], bounded by the leave timeout; the RPC server keeps
+//!    serving meanwhile, so peers may also pull from this pod).
 //! 5. Leave the cluster (members drop this pod at once) and stop the RPC server.
 
 use std::future::Future;
@@ -63,12 +64,31 @@ pub async fn serve(
     // The NATS source (when configured) pulls once the node runs and stops pulling when
     // shutdown begins, before the node shuts down; its task ends once the messages it
     // submitted are acknowledged (by the node's shutdown and statistics flush below).
+    // In a cluster, redelivered event ids are recognised cluster-wide (an event-id grid
+    // behind the local set, `nats/cluster_dedup.rs`).
+    let seen_events = match (&settings.nats, &clustering, &settings.cluster) {
+        (Some(config), Some(started), Some(c)) => Some(Arc::new(
+            crate::nats::ClusterSeenEvents::start(
+                started.cluster.clone(),
+                config,
+                node.clock().clone(),
+                c.leave_timeout,
+            )
+            .context("starting the cluster-wide event-id set")?,
+        )),
+        _ => None,
+    };
     let nats = settings.nats.clone().map(|config| {
-        tokio::spawn(crate::nats::run_source(
-            node.clone(),
-            config,
-            stopped(stop_rx.clone()),
-        ))
+        let stopping = stopped(stop_rx.clone());
+        match &seen_events {
+            Some(seen) => tokio::spawn(crate::nats::run_source_with(
+                node.clone(),
+                config,
+                seen.clone(),
+                stopping,
+            )),
+            None => tokio::spawn(crate::nats::run_source(node.clone(), config, stopping)),
+        }
     });
     let router = http::router(node.clone(), settings.http.clone(), ready.clone());
     tracing::info!(node = node.id(), %address, "crashgrid node serving");
@@ -100,6 +120,18 @@ pub async fn serve(
             Err(e) => tracing::error!(error = %e, "NATS source task failed"),
         }
     }
+    // The accepted event ids move to their new replicas while the frame cache hands off.
+    let events_leave = seen_events.map(|seen| {
+        tokio::spawn(async move {
+            let report = seen.grid().leave().await;
+            tracing::info!(
+                partitions_pushed = report.partitions_pushed,
+                entries_pushed = report.entries_pushed,
+                completed = report.completed,
+                "handed off the cluster-wide event-id set"
+            );
+        })
+    });
     if let (Some(cache), Some(c)) = (node.shared_cache(), &settings.cluster) {
         // Grid::leave is bounded by the leave timeout itself; the outer bound also covers the
         // request to the leader.
@@ -118,6 +150,9 @@ pub async fn serve(
                 "the hand-off of the shared symbolication cache did not finish in time"
             ),
         }
+    }
+    if let Some(leave) = events_leave {
+        let _ = leave.await;
     }
     if let Some(c) = clustering {
         c.stop().await;

@@ -123,7 +123,7 @@ mod wire;
 
 pub use config::GridConfig;
 pub use hash::{key_hash, partition_of, GridKey, GridValue, StableHasher};
-pub use node::{Grid, GridError, LeaveReport, Safety};
+pub use node::{ClaimOutcome, Grid, GridError, LeaveReport, Safety};
 pub use plan::{plan_leave, plan_migration, MigrationPlan, Push, Transfer};
 pub use stats::{GridStats, GridStatsSnapshot, LatencyHistogram};
 pub use store::{

@@ -23,10 +23,18 @@ pub(crate) struct PutReq<E> {
     pub forward: bool,
 }
 
-/// `claim`, `wait`, `release`: keys.
+/// `wait`, `release`: keys.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct KeysReq<KK> {
     pub keys: Vec<KK>,
+}
+
+/// `claim`: keys, and the member claiming them (a coordinator drops the claims of a claimant
+/// that is no longer a member, so a dead pod's claims do not block the others).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct ClaimReq<KK> {
+    pub keys: Vec<KK>,
+    pub claimant: String,
 }
 
 /// The answer to a claim for one key.

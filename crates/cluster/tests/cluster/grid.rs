@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::{
-    serve_rpc, Cluster, ClusterConfig, DiscoveryHandle, ElectionConfig, Grid, GridConfig,
-    GridValue, LeaseBackend, ManualClock, MembershipConfig, MemoryLease, MemoryNetwork, NodeInfo,
-    PartitionTable, RpcConfig, RpcStats, TcpTransport,
+    serve_rpc, ClaimOutcome, Cluster, ClusterConfig, DiscoveryHandle, ElectionConfig, Grid,
+    GridConfig, GridValue, LeaseBackend, ManualClock, MembershipConfig, MemoryLease, MemoryNetwork,
+    NodeInfo, PartitionTable, RpcConfig, RpcStats, TcpTransport,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -457,6 +457,140 @@ async fn a_failed_computation_releases_its_claims() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Rule (claims without computing): `claim_many` is first-come cluster-wide — the first
+/// member to claim an absent key holds it, others see it pending; a put ends the claim (then
+/// everyone finds the value) and a release makes the key claimable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_first_come_cluster_wide_and_end_with_a_put_or_a_release() {
+    let sim = Sim::memory(3).await;
+    sim.converge().await;
+    let (a, b, c) = (
+        sim.nodes[0].grid.clone(),
+        sim.nodes[1].grid.clone(),
+        sim.nodes[2].grid.clone(),
+    );
+    let ks = keys(40);
+    let outcomes = a.claim_many(&ks).await;
+    assert!(
+        outcomes.iter().all(|o| *o == ClaimOutcome::Claimed),
+        "{outcomes:?}"
+    );
+    // The same keys from the other two nodes (whatever node coordinates each): pending.
+    for g in [&b, &c] {
+        let outcomes = g.claim_many(&ks).await;
+        assert!(
+            outcomes.iter().all(|o| *o == ClaimOutcome::Pending),
+            "{outcomes:?}"
+        );
+    }
+    // A key given twice is claimed once.
+    let twice = vec!["twice".to_string(), "twice".to_string()];
+    assert_eq!(
+        b.claim_many(&twice).await,
+        vec![ClaimOutcome::Claimed, ClaimOutcome::Claimed]
+    );
+    // A puts half, releases the other half.
+    let (put, released) = ks.split_at(20);
+    a.put_many(put.iter().map(|k| (k.clone(), value(k))).collect())
+        .await;
+    a.release_many(released).await;
+    let outcomes = c.claim_many(&ks).await;
+    for (k, o) in put.iter().zip(&outcomes) {
+        assert_eq!(*o, ClaimOutcome::Found(value(k)));
+    }
+    assert!(
+        outcomes[20..].iter().all(|o| *o == ClaimOutcome::Claimed),
+        "{outcomes:?}"
+    );
+    // Now C holds the released ones.
+    let outcomes = a.claim_many(released).await;
+    assert!(
+        outcomes.iter().all(|o| *o == ClaimOutcome::Pending),
+        "{outcomes:?}"
+    );
+}
+
+/// Rule (claims see values through failures): after the member that put values dies, a
+/// claim of those keys from any survivor finds them (on a backup, or through the partition's
+/// new replicas while they migrate) — never claims them as absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_find_values_put_by_a_member_that_died() {
+    let mut sim = Sim::memory(3).await;
+    sim.converge().await;
+    let ks: Vec<String> = (0..200).map(|i| format!("accepted-{i}")).collect();
+    sim.nodes[0]
+        .grid
+        .put_many(ks.iter().map(|k| (k.clone(), value(k))).collect())
+        .await;
+    sim.kill(0);
+    // While the table changes and partitions migrate, and after.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut rounds = 0;
+    while Instant::now() < deadline {
+        for g in sim.grids() {
+            let outcomes = g.claim_many(&ks).await;
+            for (k, o) in ks.iter().zip(&outcomes) {
+                assert_eq!(*o, ClaimOutcome::Found(value(k)), "round {rounds}: {k}");
+            }
+        }
+        rounds += 1;
+        tokio::time::sleep(ms(50)).await;
+    }
+}
+
+/// Rule (orphaned claims): a coordinator drops the claims of a member that left the
+/// membership (dead: it will never put nor release), long before `claim_timeout`, so another
+/// member can claim the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_members_claims_are_dropped_by_their_coordinators() {
+    let config = GridConfig {
+        claim_timeout: Duration::from_secs(600),
+        ..grid_config()
+    };
+    let mut sim = Sim::with(Net::Memory(MemoryNetwork::new()), 3, config).await;
+    sim.converge().await;
+    let doomed_id = sim.nodes[2].cluster.me().id.clone();
+    let table = sim.nodes[0].grid.table().unwrap();
+    // Keys coordinated by the survivors (the dead node is no replica of them).
+    let ks: Vec<String> = (0..400)
+        .map(|i| format!("event-{i}"))
+        .filter(|k| {
+            let p = table.partition_of(cluster::key_hash(k));
+            !table.is_replica(p, &doomed_id)
+        })
+        .take(30)
+        .collect();
+    assert_eq!(ks.len(), 30);
+    let outcomes = sim.nodes[2].grid.claim_many(&ks).await;
+    assert!(
+        outcomes.iter().all(|o| *o == ClaimOutcome::Claimed),
+        "{outcomes:?}"
+    );
+    let survivor = sim.nodes[0].grid.clone();
+    assert!(survivor
+        .claim_many(&ks)
+        .await
+        .iter()
+        .all(|o| *o == ClaimOutcome::Pending));
+    sim.kill(2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let outcomes = survivor.claim_many(&ks).await;
+        if outcomes.iter().all(|o| *o == ClaimOutcome::Claimed) {
+            break;
+        }
+        assert!(
+            outcomes.iter().all(|o| *o == ClaimOutcome::Pending),
+            "{outcomes:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the dead member's claims were never dropped"
+        );
+        tokio::time::sleep(ms(100)).await;
+    }
 }
 
 // -------------------------------------------------------------------------------------------

@@ -29,12 +29,14 @@
 //! and at most `capacity` are kept (the oldest go first). Ids are stored as 128-bit SipHash
 //! digests, about 60 bytes per entry with the expiry queue: a million ids is ~60 MiB.
 //!
-//! Today the set is local to a pod, so it catches redeliveries to the pod that saw the first
-//! copy. The cluster's shared grid will hold it cluster-wide behind the same [`SeenEvents`]
-//! trait.
+//! [`EventIdDedup`] is one pod's set: it catches redeliveries to the pod that saw the first
+//! copy. In a cluster, [`ClusterSeenEvents`](super::ClusterSeenEvents) puts a grid behind it so
+//! a copy redelivered to *another* pod is recognised too (see `cluster_dedup.rs`).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::hash::Hasher as _;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +44,9 @@ use parking_lot::Mutex;
 use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
 use crate::clock::WallClock;
+
+/// A boxed future borrowing the set (the claim of a cluster-wide set asks other pods).
+pub type ClaimFuture<'a> = Pin<Box<dyn Future<Output = Claim> + Send + 'a>>;
 
 /// What a source learns when it claims the event ids of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,13 +77,17 @@ impl Claim {
 pub trait SeenEvents: Send + Sync + 'static {
     /// Atomically checks the ids of one message and, unless one of them is in flight, claims
     /// every id not seen before.
-    fn claim(&self, ids: &[&str]) -> Claim;
+    fn claim<'a>(&'a self, ids: &'a [&'a str]) -> ClaimFuture<'a>;
 
     /// Records that the events were counted for good (their claims become acceptances).
+    /// Called from the node's worker threads: must not block on I/O.
     fn accept(&self, ids: &[&str]);
 
     /// Withdraws claims whose submission was refused; ids already accepted stay accepted.
     fn release(&self, ids: &[&str]);
+
+    /// Appends the set's own figures to `/metrics` (none by default).
+    fn render(&self, _e: &mut crate::metrics::Exposition) {}
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +127,8 @@ impl std::fmt::Debug for EventIdDedup {
     }
 }
 
-fn digest(id: &str) -> u128 {
+/// The 128-bit digest an id is remembered (and shared between pods) by.
+pub(crate) fn digest(id: &str) -> u128 {
     let mut h = SipHasher13::new_with_keys(0x6372_6173_6867_7269, 0x6420_6576_656e_7473);
     h.write(id.as_bytes());
     h.finish128().as_u128()
@@ -178,6 +188,33 @@ impl EventIdDedup {
         inner.map.get(&digest(id)).map(|e| e.state)
     }
 
+    /// [`SeenEvents::claim`] without a future: this set never waits.
+    pub fn try_claim(&self, ids: &[&str]) -> Claim {
+        let now = self.clock.now_ms();
+        let keys: Vec<u128> = ids.iter().map(|id| digest(id)).collect();
+        let mut inner = self.inner.lock();
+        self.expire(&mut inner, now);
+        if keys
+            .iter()
+            .any(|k| inner.map.get(k).is_some_and(|e| e.state == State::InFlight))
+        {
+            return Claim::Busy;
+        }
+        let fresh = keys
+            .iter()
+            .map(|&key| {
+                if inner.map.contains_key(&key) {
+                    false
+                } else {
+                    Self::set(&mut inner, key, State::InFlight, now);
+                    true
+                }
+            })
+            .collect();
+        self.expire(&mut inner, now);
+        Claim::Claimed { fresh }
+    }
+
     fn expire(&self, inner: &mut Inner, now_ms: u64) {
         let ttl = self.ttl.as_millis() as u64;
         if inner.queue.len() > 2 * self.capacity + 1024 {
@@ -212,30 +249,8 @@ impl EventIdDedup {
 }
 
 impl SeenEvents for EventIdDedup {
-    fn claim(&self, ids: &[&str]) -> Claim {
-        let now = self.clock.now_ms();
-        let keys: Vec<u128> = ids.iter().map(|id| digest(id)).collect();
-        let mut inner = self.inner.lock();
-        self.expire(&mut inner, now);
-        if keys
-            .iter()
-            .any(|k| inner.map.get(k).is_some_and(|e| e.state == State::InFlight))
-        {
-            return Claim::Busy;
-        }
-        let fresh = keys
-            .iter()
-            .map(|&key| {
-                if inner.map.contains_key(&key) {
-                    false
-                } else {
-                    Self::set(&mut inner, key, State::InFlight, now);
-                    true
-                }
-            })
-            .collect();
-        self.expire(&mut inner, now);
-        Claim::Claimed { fresh }
+    fn claim<'a>(&'a self, ids: &'a [&'a str]) -> ClaimFuture<'a> {
+        Box::pin(std::future::ready(self.try_claim(ids)))
     }
 
     fn accept(&self, ids: &[&str]) {
@@ -279,7 +294,7 @@ mod tests {
     fn new_ids_are_claimed_and_accepted_ones_skipped() {
         let (d, _) = dedup(100);
         assert_eq!(
-            d.claim(&["a", "b"]),
+            d.try_claim(&["a", "b"]),
             Claim::Claimed {
                 fresh: vec![true, true]
             }
@@ -288,7 +303,7 @@ mod tests {
         d.accept(&["a", "b"]);
         assert!(d.is_accepted("a") && d.is_accepted("b"));
         // A redelivered copy with one new event: only the new one is claimed.
-        let c = d.claim(&["a", "b", "c"]);
+        let c = d.try_claim(&["a", "b", "c"]);
         assert_eq!(
             c,
             Claim::Claimed {
@@ -301,15 +316,15 @@ mod tests {
     #[test]
     fn a_copy_of_an_in_flight_message_is_busy_and_claims_nothing() {
         let (d, _) = dedup(100);
-        assert_eq!(d.claim(&["a", "b"]).fresh_count(), 2);
-        assert_eq!(d.claim(&["b", "z"]), Claim::Busy);
+        assert_eq!(d.try_claim(&["a", "b"]).fresh_count(), 2);
+        assert_eq!(d.try_claim(&["b", "z"]), Claim::Busy);
         assert!(
             !d.is_in_flight("z") && !d.is_accepted("z"),
             "nothing claimed"
         );
         d.accept(&["a", "b"]);
         assert_eq!(
-            d.claim(&["b", "z"]),
+            d.try_claim(&["b", "z"]),
             Claim::Claimed {
                 fresh: vec![false, true]
             }
@@ -320,7 +335,7 @@ mod tests {
     fn an_id_repeated_within_one_message_counts_once() {
         let (d, _) = dedup(100);
         assert_eq!(
-            d.claim(&["a", "a"]),
+            d.try_claim(&["a", "a"]),
             Claim::Claimed {
                 fresh: vec![true, false]
             }
@@ -330,13 +345,13 @@ mod tests {
     #[test]
     fn released_claims_are_new_again_but_acceptances_stay() {
         let (d, _) = dedup(100);
-        d.claim(&["a"]);
+        d.try_claim(&["a"]);
         d.accept(&["a"]);
-        d.claim(&["b"]);
+        d.try_claim(&["b"]);
         d.release(&["a", "b"]);
         assert!(d.is_accepted("a"));
         assert_eq!(
-            d.claim(&["a", "b"]),
+            d.try_claim(&["a", "b"]),
             Claim::Claimed {
                 fresh: vec![false, true]
             }
@@ -346,7 +361,7 @@ mod tests {
     #[test]
     fn entries_expire_after_the_ttl_since_their_last_change() {
         let (d, clock) = dedup(100);
-        d.claim(&["a", "b"]);
+        d.try_claim(&["a", "b"]);
         clock.advance_ms(200_000);
         d.accept(&["a"]); // "a" changes at 200 s, "b" stays claimed since 0 s
         clock.advance_ms(100_000); // 300 s after the claim
@@ -357,14 +372,14 @@ mod tests {
         clock.advance_ms(1);
         assert!(!d.is_accepted("a"));
         assert!(d.is_empty());
-        assert_eq!(d.claim(&["a"]).fresh_count(), 1);
+        assert_eq!(d.try_claim(&["a"]).fresh_count(), 1);
     }
 
     #[test]
     fn the_capacity_bounds_the_set_and_the_oldest_go_first() {
         let (d, clock) = dedup(3);
         for id in ["a", "b", "c", "d"] {
-            d.claim(&[id]);
+            d.try_claim(&[id]);
             d.accept(&[id]);
             clock.advance_ms(1);
         }

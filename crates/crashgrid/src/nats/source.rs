@@ -219,6 +219,7 @@ impl NatsSource {
         let registered = Arc::new(Registered {
             backlog: backlog_rx,
             counters: counters.clone(),
+            seen: seen.clone(),
             alive: Arc::new(AtomicBool::new(true)),
         });
         register(node.id(), &registered);
@@ -294,6 +295,21 @@ pub async fn run_source(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let source = NatsSource::spawn(node, config)?;
+    shutdown.await;
+    source.stop().await;
+    Ok(())
+}
+
+/// [`run_source`] with another set of seen events (a cluster's [`ClusterSeenEvents`]).
+///
+/// [`ClusterSeenEvents`]: super::ClusterSeenEvents
+pub async fn run_source_with(
+    node: Node,
+    config: NatsConfig,
+    seen: Arc<dyn SeenEvents>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let source = NatsSource::spawn_with(node, config, seen)?;
     shutdown.await;
     source.stop().await;
     Ok(())
@@ -704,7 +720,7 @@ async fn handle(
     }
     let claim = {
         let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-        shared.seen.claim(&ids)
+        shared.seen.claim(&ids).await
     };
     let fresh = match claim {
         Claim::Busy => {

@@ -835,3 +835,162 @@ async fn events_seen_again_are_acknowledged_but_counted_once() {
         get("crashgrid_nats_naks_total{reason=\"in_flight\"}")
     );
 }
+
+// -------------------------------------------------------------------------------------------
+// Clustered pods: one consumer, statistics reduced by the leader, event ids shared
+// -------------------------------------------------------------------------------------------
+
+/// `/metrics` of a clustered node as name → value (None while it does not answer).
+async fn node_metrics(c: &crate::procs::ProcCluster, i: usize) -> Option<BTreeMap<String, f64>> {
+    let text = c
+        .client
+        .get(format!("{}/metrics", c.nodes[i].url))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// Event ids in a clustered node's sink file.
+fn node_sink_ids(c: &crate::procs::ProcCluster, i: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(c.nodes[i].dir.join("crashes.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| v["event_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The cluster-wide total of the leader's last snapshot, as node `i` serves it.
+async fn cluster_total(c: &crate::procs::ProcCluster, i: usize) -> Option<u64> {
+    let v: Value = c
+        .client
+        .get(format!("{}/api/v1/stats", c.nodes[i].url))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["stats"]["total"].as_u64()
+}
+
+async fn clustered_nats_pods(nats: &NatsServer, extra: &[&str]) -> crate::procs::ProcCluster {
+    let url = nats.url();
+    let flags: Vec<&str> = ["--nats-url", url.as_str()]
+        .into_iter()
+        .chain(POD_FLAGS.iter().copied())
+        .chain(extra.iter().copied())
+        .collect();
+    let c = crate::procs::ProcCluster::start(3, &flags).await;
+    for i in 0..3 {
+        wait_until(
+            "every clustered pod is connected to NATS",
+            Duration::from_secs(60),
+            || async {
+                node_metrics(&c, i).await.is_some_and(|m| {
+                    m.get("crashgrid_nats_connected") == Some(&1.0)
+                        && m.get("crashgrid_nats_backlog_sampled_timestamp_seconds")
+                            .is_some_and(|t| *t > 0.0)
+                })
+            },
+        )
+        .await;
+    }
+    c
+}
+
+/// Rule (cluster-wide dedup): in a cluster, a copy of a message whose events were already
+/// accepted — here published again, as after a lost ack — is recognised by *another* pod
+/// through the shared event-id set: acknowledged, counted nowhere. The pod that processed the
+/// first copy is stopped (SIGSTOP) so the copies can only go to the others; a per-pod set would
+/// count them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clustered_pods_recognise_a_copy_first_processed_by_another_pod() {
+    let nats = NatsServer::start();
+    let c = clustered_nats_pods(&nats, &[]).await;
+    let js = nats.jetstream().await;
+    let body = |prefix: &str| {
+        Bytes::from(
+            serde_json::to_vec(
+                &(0..10)
+                    .map(|i| event(&format!("{prefix}-{i}")))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap(),
+        )
+    };
+    publish_all(&js, "crashes.first", &[body("dup")]).await;
+    wait_until(
+        "the first copy is counted cluster-wide",
+        Duration::from_secs(60),
+        || async { cluster_total(&c, 0).await == Some(10) },
+    )
+    .await;
+    let first = (0..3)
+        .find(|i| node_sink_ids(&c, *i).len() == 10)
+        .expect("one pod processed the first copy");
+    let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+    // Stop the first pod; its outstanding pull requests expire (2 s) before the copies go out.
+    c.nodes[first].signal(nix::sys::signal::Signal::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let copies: Vec<Bytes> = (0..6).map(|_| body("dup")).collect();
+    publish_all(&js, "crashes.again", &copies).await;
+    publish_all(&js, "crashes.fresh", &[body("fresh")]).await;
+    wait_until(
+        "the fresh events are counted and the stopped pod's peers owe nothing",
+        Duration::from_secs(60),
+        || async {
+            if cluster_total(&c, others[0]).await != Some(20) {
+                return false;
+            }
+            for &i in &others {
+                let Some(m) = node_metrics(&c, i).await else {
+                    return false;
+                };
+                let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+                if get("crashgrid_nats_in_flight_messages") != 0.0
+                    || get("crashgrid_nats_unacked_messages") != 0.0
+                {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    // Still 20 a few publish periods later: the copies were not counted late.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(cluster_total(&c, others[0]).await, Some(20));
+    let (mut duplicates, mut found, mut acked) = (0.0, 0.0, 0.0);
+    for &i in &others {
+        let m = node_metrics(&c, i).await.unwrap();
+        let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+        duplicates += get("crashgrid_nats_duplicate_events_total");
+        found += get("crashgrid_nats_dedup_found_in_cluster_total");
+        acked += get("crashgrid_nats_acked_total");
+        let sink = node_sink_ids(&c, i);
+        assert!(
+            !sink.iter().any(|id| id.starts_with("dup-")),
+            "{} processed a copy: {sink:?}",
+            c.nodes[i].id
+        );
+    }
+    assert_eq!(duplicates, 60.0, "every copied event skipped");
+    assert!(
+        found >= 10.0,
+        "the first copy on another pod is found in the cluster-wide set ({found})"
+    );
+    assert_eq!(acked, 7.0, "the copies and the fresh message acknowledged");
+    c.nodes[first].signal(nix::sys::signal::Signal::SIGCONT);
+}

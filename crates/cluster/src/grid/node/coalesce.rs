@@ -3,6 +3,17 @@
 
 use super::*;
 
+/// What phase 1 of coalescing found: values (`out`, by key index), the keys this node
+/// claimed (with their coordinator; `None`: nobody coordinates them) and the keys another
+/// member claimed (with the coordinator to wait at).
+struct Phase1<V> {
+    out: Vec<Option<V>>,
+    local_hits: u64,
+    remote_hits: u64,
+    to_compute: Vec<(usize, Option<String>)>,
+    to_wait: Vec<(usize, String)>,
+}
+
 impl<K: GridKey, V: GridValue> Inner<K, V> {
     // -----------------------------------------------------------------------------------------
     // Load coalescing
@@ -10,7 +21,7 @@ impl<K: GridKey, V: GridValue> Inner<K, V> {
 
     /// Serves `claim`: per key, its value, or a new claim for the caller, or `Pending` when
     /// another caller's claim is live.
-    pub(super) async fn serve_claim(&self, keys: Vec<K>) -> Vec<ClaimAnswer<V>> {
+    pub(super) async fn serve_claim(&self, keys: Vec<K>, claimant: String) -> Vec<ClaimAnswer<V>> {
         let values = self.serve_get(keys.clone(), true).await;
         let now = Instant::now();
         let mut claims = self.claims.lock();
@@ -23,7 +34,15 @@ impl<K: GridKey, V: GridValue> Inner<K, V> {
                     _ => {
                         let (done, _) = watch::channel(false);
                         let deadline = now + self.config.claim_timeout;
-                        claims.insert(k, ClaimSlot { deadline, done });
+                        claims.insert(
+                            k,
+                            ClaimSlot {
+                                deadline,
+                                done,
+                                claimant: claimant.clone(),
+                                since: now,
+                            },
+                        );
                         ClaimAnswer::Claimed
                     }
                 },
@@ -77,100 +96,14 @@ impl<K: GridKey, V: GridValue> Inner<K, V> {
             }
         }
         let unique: &[K] = &unique_keys;
-        let n = unique.len();
-        let mut out: Vec<Option<V>> = vec![None; n];
         let table = self.routing.read().table.clone();
-        // Phase 1: local hits; claims at each key's coordinator (its first reachable replica;
-        // this node's own partitions are claimed in-process).
-        let mut local_hits = 0;
-        let mut remote_hits = 0;
-        // (key index, coordinator: None = uncoordinated)
-        let mut to_compute: Vec<(usize, Option<String>)> = Vec::new();
-        let mut to_wait: Vec<(usize, String)> = Vec::new();
-        if let Some(table) = &table {
-            let mut todo: Vec<(usize, Vec<String>)> = Vec::new();
-            {
-                let r = self.routing.read();
-                let now = self.now_ms();
-                let mut store = self.store.lock();
-                for (i, k) in unique.iter().enumerate() {
-                    let (_, p) = self.part(k);
-                    if !matches!(r.states[p as usize], PartState::Absent) {
-                        if let Some(v) = store.get(k, now) {
-                            out[i] = Some(v);
-                            local_hits += 1;
-                            continue;
-                        }
-                    }
-                    todo.push((i, table.replicas(p).to_vec()));
-                }
-            }
-            let mut attempt = vec![0usize; todo.len()];
-            let mut active: Vec<usize> = (0..todo.len()).collect();
-            while !active.is_empty() {
-                let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
-                for t in &active {
-                    match todo[*t].1.get(attempt[*t]) {
-                        Some(c) => match groups.iter_mut().find(|(g, _)| *g == c.as_str()) {
-                            Some((_, v)) => v.push(*t),
-                            None => groups.push((c.as_str(), vec![*t])),
-                        },
-                        None => to_compute.push((todo[*t].0, None)),
-                    }
-                }
-                let calls = groups.into_iter().map(|(id, ts)| {
-                    let ks: Vec<&K> = ts.iter().map(|t| &unique[todo[*t].0]).collect();
-                    async move {
-                        let r: Result<Vec<ClaimAnswer<V>>, RpcError> = if id == self.me.id {
-                            Ok(self.serve_claim(ks.into_iter().cloned().collect()).await)
-                        } else {
-                            match Self::addr_of(table, id) {
-                                Some(a) => {
-                                    let req = KeysReq { keys: ks };
-                                    self.call(
-                                        a,
-                                        &self.methods.claim,
-                                        &req,
-                                        self.config.rpc_timeout,
-                                        true,
-                                    )
-                                    .await
-                                }
-                                None => Err(RpcError::Unavailable(id.to_string())),
-                            }
-                        };
-                        (id, ts, r)
-                    }
-                });
-                let mut next = Vec::new();
-                for (id, ts, r) in join_all(calls).await {
-                    match r {
-                        Ok(answers) if answers.len() == ts.len() => {
-                            for (t, a) in ts.into_iter().zip(answers) {
-                                let i = todo[t].0;
-                                match a {
-                                    ClaimAnswer::Hit(v) => {
-                                        out[i] = Some(v);
-                                        remote_hits += 1;
-                                    }
-                                    ClaimAnswer::Claimed => to_compute.push((i, Some(id.into()))),
-                                    ClaimAnswer::Pending => to_wait.push((i, id.into())),
-                                }
-                            }
-                        }
-                        _ => {
-                            for t in ts {
-                                attempt[t] += 1;
-                                next.push(t);
-                            }
-                        }
-                    }
-                }
-                active = next;
-            }
-        } else {
-            to_compute.extend((0..n).map(|i| (i, None)));
-        }
+        let Phase1 {
+            mut out,
+            local_hits,
+            remote_hits,
+            to_compute,
+            to_wait,
+        } = self.claim_phase(unique, table.as_deref()).await;
         GridStats::add(&self.stats.hits_local, local_hits);
         GridStats::add(&self.stats.hits_remote, remote_hits);
         GridStats::add(&self.stats.misses, to_compute.len() as u64);
@@ -257,6 +190,145 @@ impl<K: GridKey, V: GridValue> Inner<K, V> {
             self.put_with_ttl(puts).await;
         }
         slot.into_iter().map(|i| out[i].clone()).collect()
+    }
+
+    /// Phase 1 of coalescing: local hits, then claims at each key's coordinator (its first
+    /// reachable replica; this node's own partitions are claimed in-process).
+    async fn claim_phase(&self, unique: &[K], table: Option<&PartitionTable>) -> Phase1<V> {
+        let n = unique.len();
+        let mut out: Vec<Option<V>> = vec![None; n];
+        // Phase 1: local hits; claims at each key's coordinator (its first reachable replica;
+        // this node's own partitions are claimed in-process).
+        let mut local_hits = 0;
+        let mut remote_hits = 0;
+        // (key index, coordinator: None = uncoordinated)
+        let mut to_compute: Vec<(usize, Option<String>)> = Vec::new();
+        let mut to_wait: Vec<(usize, String)> = Vec::new();
+        if let Some(table) = table {
+            let mut todo: Vec<(usize, Vec<String>)> = Vec::new();
+            {
+                let r = self.routing.read();
+                let now = self.now_ms();
+                let mut store = self.store.lock();
+                for (i, k) in unique.iter().enumerate() {
+                    let (_, p) = self.part(k);
+                    if !matches!(r.states[p as usize], PartState::Absent) {
+                        if let Some(v) = store.get(k, now) {
+                            out[i] = Some(v);
+                            local_hits += 1;
+                            continue;
+                        }
+                    }
+                    todo.push((i, table.replicas(p).to_vec()));
+                }
+            }
+            let mut attempt = vec![0usize; todo.len()];
+            let mut active: Vec<usize> = (0..todo.len()).collect();
+            while !active.is_empty() {
+                let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+                for t in &active {
+                    match todo[*t].1.get(attempt[*t]) {
+                        Some(c) => match groups.iter_mut().find(|(g, _)| *g == c.as_str()) {
+                            Some((_, v)) => v.push(*t),
+                            None => groups.push((c.as_str(), vec![*t])),
+                        },
+                        None => to_compute.push((todo[*t].0, None)),
+                    }
+                }
+                let calls = groups.into_iter().map(|(id, ts)| {
+                    let ks: Vec<&K> = ts.iter().map(|t| &unique[todo[*t].0]).collect();
+                    async move {
+                        let r: Result<Vec<ClaimAnswer<V>>, RpcError> = if id == self.me.id {
+                            Ok(self
+                                .serve_claim(ks.into_iter().cloned().collect(), self.me.id.clone())
+                                .await)
+                        } else {
+                            match Self::addr_of(table, id) {
+                                Some(a) => {
+                                    let req = ClaimReq {
+                                        keys: ks,
+                                        claimant: self.me.id.clone(),
+                                    };
+                                    self.call(
+                                        a,
+                                        &self.methods.claim,
+                                        &req,
+                                        self.config.rpc_timeout,
+                                        true,
+                                    )
+                                    .await
+                                }
+                                None => Err(RpcError::Unavailable(id.to_string())),
+                            }
+                        };
+                        (id, ts, r)
+                    }
+                });
+                let mut next = Vec::new();
+                for (id, ts, r) in join_all(calls).await {
+                    match r {
+                        Ok(answers) if answers.len() == ts.len() => {
+                            for (t, a) in ts.into_iter().zip(answers) {
+                                let i = todo[t].0;
+                                match a {
+                                    ClaimAnswer::Hit(v) => {
+                                        out[i] = Some(v);
+                                        remote_hits += 1;
+                                    }
+                                    ClaimAnswer::Claimed => to_compute.push((i, Some(id.into()))),
+                                    ClaimAnswer::Pending => to_wait.push((i, id.into())),
+                                }
+                            }
+                        }
+                        _ => {
+                            for t in ts {
+                                attempt[t] += 1;
+                                next.push(t);
+                            }
+                        }
+                    }
+                }
+                active = next;
+            }
+        } else {
+            to_compute.extend((0..n).map(|i| (i, None)));
+        }
+        Phase1 {
+            out,
+            local_hits,
+            remote_hits,
+            to_compute,
+            to_wait,
+        }
+    }
+
+    pub(super) async fn claim_many(&self, keys: &[K]) -> Vec<ClaimOutcome<V>> {
+        // A key given twice is claimed once; both positions get its outcome.
+        let mut unique: Vec<K> = Vec::new();
+        let mut slot = Vec::with_capacity(keys.len());
+        {
+            let mut seen: HashMap<&K, usize> = HashMap::new();
+            for k in keys {
+                let i = *seen.entry(k).or_insert_with(|| {
+                    unique.push(k.clone());
+                    unique.len() - 1
+                });
+                slot.push(i);
+            }
+        }
+        let table = self.routing.read().table.clone();
+        let p = self.claim_phase(&unique, table.as_deref()).await;
+        GridStats::add(&self.stats.hits_local, p.local_hits);
+        GridStats::add(&self.stats.hits_remote, p.remote_hits);
+        let mut outcomes: Vec<ClaimOutcome<V>> = p
+            .out
+            .into_iter()
+            .map(|v| v.map_or(ClaimOutcome::Claimed, ClaimOutcome::Found))
+            .collect();
+        for (i, _) in p.to_wait {
+            outcomes[i] = ClaimOutcome::Pending;
+        }
+        slot.into_iter().map(|i| outcomes[i].clone()).collect()
     }
 
     pub(super) async fn put_with_ttl(&self, entries: Vec<(K, V)>) {

@@ -27,7 +27,8 @@ use super::stats::{load, GridStats, GridStatsSnapshot};
 use super::store::{Clock, Cursor, Store, SystemClock, WireEntry, ENTRY_OVERHEAD};
 use super::table::PartitionTable;
 use super::wire::{
-    self, ClaimAnswer, GetReq, KeysReq, LeaveReq, PullReq, PullResp, PushReq, PutReq, TableAck,
+    self, ClaimAnswer, ClaimReq, GetReq, KeysReq, LeaveReq, PullReq, PullResp, PushReq, PutReq,
+    TableAck,
 };
 use crate::election::{BoxFuture, StaleEpoch};
 use crate::membership::NodeInfo;
@@ -129,6 +130,28 @@ struct Routing {
 struct ClaimSlot {
     deadline: Instant,
     done: watch::Sender<bool>,
+    /// The member holding the claim, and since when.
+    claimant: String,
+    since: Instant,
+}
+
+/// A claim whose claimant the coordinator has not listed as a member for this long after it
+/// was made is dropped: membership admits a joining pod within a heartbeat (500 ms) and drops a
+/// dead one after its failure timeout, so by then the claimant has left or died and its
+/// computation (or its events) will not come.
+const ORPHAN_CLAIM_GRACE: Duration = Duration::from_secs(2);
+
+/// The outcome of [`Grid::claim_many`] for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome<V> {
+    /// The key has a value.
+    Found(V),
+    /// The key is absent and now claimed by this node: put a value (which ends the claim) or
+    /// [`release`](Grid::release_many) it. Also the answer when no replica of the key's
+    /// partition could be reached (then nobody coordinates the key).
+    Claimed,
+    /// The key is absent and another member's claim on it is live.
+    Pending,
 }
 
 #[derive(Default)]
@@ -383,6 +406,32 @@ impl<K: GridKey, V: GridValue> Grid<K, V> {
         Fut: Future<Output = Vec<Option<V>>>,
     {
         self.inner().get_or_compute_many(keys, compute).await
+    }
+
+    /// Claims the absent keys without computing anything: per key, its value, or a claim now
+    /// held by this node, or *pending* when another member holds one. A claim lasts until a
+    /// value is put for the key, [`release_many`](Self::release_many), `claim_timeout`, or its
+    /// holder leaving the membership. One RPC per coordinator (the key's first reachable
+    /// replica), as in [`get_or_compute_many`](Self::get_or_compute_many). Used as a
+    /// cluster-wide "first one wins" (e.g. recognising an event id seen by another pod).
+    pub async fn claim_many(&self, keys: &[K]) -> Vec<ClaimOutcome<V>> {
+        self.inner().claim_many(keys).await
+    }
+
+    /// Withdraws this node's claims on `keys` (at every replica of their partitions; a replica
+    /// without the claim ignores it). Values are untouched.
+    pub async fn release_many(&self, keys: &[K]) {
+        let inner = self.inner();
+        let table = inner.routing.read().table.clone();
+        let Some(table) = table else { return };
+        let mut targets: Vec<(&str, &K)> = Vec::new();
+        for k in keys {
+            let (_, p) = inner.part(k);
+            for id in table.replicas(p) {
+                targets.push((id.as_str(), k));
+            }
+        }
+        inner.release(Some(&table), targets).await;
     }
 
     /// Graceful hand-off before [`Cluster::leave`]: asks the leader for a table without this
@@ -783,8 +832,9 @@ impl<K: GridKey, V: GridValue> Inner<K, V> {
         });
     }
 
-    /// Drops partitions retained past their grace, and expired claims.
-    fn maintain(&self) {
+    /// Drops partitions retained past their grace, expired claims, and claims of claimants that
+    /// are no longer members (see [`ORPHAN_CLAIM_GRACE`]).
+    fn maintain(&self, st: &ClusterState) {
         let now = Instant::now();
         let mut dropped = Vec::new();
         {
@@ -804,7 +854,22 @@ impl<K: GridKey, V: GridValue> Inner<K, V> {
                 }
             }
         }
-        self.claims.lock().retain(|_, c| c.deadline > now);
+        let live: HashSet<&str> = st
+            .members
+            .members
+            .iter()
+            .map(|m| m.info.id.as_str())
+            .collect();
+        self.claims.lock().retain(|_, c| {
+            let orphan = c.claimant != self.me.id
+                && !live.contains(c.claimant.as_str())
+                && now.duration_since(c.since) >= ORPHAN_CLAIM_GRACE;
+            let keep = c.deadline > now && !orphan;
+            if !keep {
+                let _ = c.done.send(true);
+            }
+            keep
+        });
     }
 
     fn snapshot(&self) -> GridStatsSnapshot {
@@ -896,7 +961,7 @@ async fn coordinate<K: GridKey, V: GridValue>(inner: Weak<Inner<K, V>>) {
         inner.update_safe(&st);
         if last_maintain.elapsed() >= Duration::from_secs(1) {
             last_maintain = Instant::now();
-            inner.maintain();
+            inner.maintain(&st);
         }
     }
 }
@@ -932,8 +997,8 @@ impl<K: GridKey, V: GridValue> Handler for Service<K, V> {
                     wire::encode(&())
                 }
                 "claim" => {
-                    let req: KeysReq<K> = wire::decode(&body)?;
-                    wire::encode(&inner.serve_claim(req.keys).await)
+                    let req: ClaimReq<K> = wire::decode(&body)?;
+                    wire::encode(&inner.serve_claim(req.keys, req.claimant).await)
                 }
                 "wait" => {
                     let req: KeysReq<K> = wire::decode(&body)?;
