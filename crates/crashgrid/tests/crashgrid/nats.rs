@@ -994,3 +994,96 @@ async fn clustered_pods_recognise_a_copy_first_processed_by_another_pod() {
     assert_eq!(acked, 7.0, "the copies and the fresh message acknowledged");
     c.nodes[first].signal(nix::sys::signal::Signal::SIGCONT);
 }
+
+/// Rule (ack on the leader's acceptance, clustered): three clustered pods share the consumer;
+/// a follower is killed (kill -9) while it holds unacknowledged messages. Its messages whose
+/// events the leader had accepted were acknowledged and stay counted; the others are
+/// redelivered to the survivors after `ack_wait`: the leader's statistics count every
+/// published event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clustered_pods_count_a_killed_followers_messages_once() {
+    let nats = NatsServer::start();
+    let mut c = clustered_nats_pods(
+        &nats,
+        &["--nats-ack-wait-secs", "6", "--queue-capacity", "400"],
+    )
+    .await;
+    let (leader, _) = c.agreed_leader().await.expect("a leader");
+    let victim = (0..3).find(|i| c.nodes[*i].id != leader).unwrap();
+    let js = nats.jetstream().await;
+    let (bodies, ids) = batches("k", 600, 20);
+    publish_all(&js, "crashes.android", &bodies).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let m = node_metrics(&c, victim).await.unwrap_or_default();
+        let held = m
+            .get("crashgrid_nats_in_flight_messages")
+            .copied()
+            .unwrap_or(0.0);
+        if node_sink_ids(&c, victim).len() >= 1000 && held > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the victim never processed with messages in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.nodes[victim].kill9();
+    let processed_by_victim = node_sink_ids(&c, victim).len();
+    assert!(
+        processed_by_victim < ids.len() / 2,
+        "killed too late to matter ({processed_by_victim} events)"
+    );
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    wait_until(
+        "the leader counts every event and the consumer owes nothing",
+        Duration::from_secs(180),
+        || async {
+            if cluster_total(&c, survivors[0]).await != Some(ids.len() as u64) {
+                return false;
+            }
+            for &i in &survivors {
+                let Some(m) = node_metrics(&c, i).await else {
+                    return false;
+                };
+                let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+                if get("crashgrid_nats_in_flight_messages") != 0.0
+                    || get("crashgrid_nats_unacked_messages") != 0.0
+                {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    // And stays exact (nothing counted late).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        cluster_total(&c, survivors[0]).await,
+        Some(ids.len() as u64)
+    );
+    let written: BTreeSet<String> = (0..3).flat_map(|i| node_sink_ids(&c, i)).collect();
+    for id in &ids {
+        assert!(written.contains(id), "{id} was never processed");
+    }
+    let mut redelivered = 0.0;
+    for &i in &survivors {
+        let m = node_metrics(&c, i).await.unwrap();
+        redelivered += m
+            .get("crashgrid_nats_redelivered_total")
+            .copied()
+            .unwrap_or(0.0);
+    }
+    assert!(
+        redelivered > 0.0,
+        "the killed pod's unacknowledged messages were redelivered to the survivors"
+    );
+    eprintln!(
+        "killed {} after it wrote {processed_by_victim} events; survivors received {redelivered} \
+         redelivered messages; the leader counts {} events",
+        c.nodes[victim].id,
+        ids.len()
+    );
+}
