@@ -959,7 +959,9 @@ impl Node {
         ] {
             e.counter(name, help, c.get());
         }
-        clustering::render_metrics(&mut e, &snap.cluster, self.inner.cluster.get());
+        // This node's own view: on a follower `snap` is the leader's pushed snapshot, whose
+        // cluster view is the leader's.
+        clustering::render_metrics(&mut e, &self.cluster(), self.inner.cluster.get());
         crate::nats::render_registered(self.id(), &mut e);
         e.finish()
     }

@@ -1010,6 +1010,13 @@ async fn clustered_pods_count_a_killed_followers_messages_once() {
     .await;
     let (leader, _) = c.agreed_leader().await.expect("a leader");
     let victim = (0..3).find(|i| c.nodes[*i].id != leader).unwrap();
+    // Each pod's /metrics describes the pod itself (a follower serves the leader's snapshot,
+    // not its cluster view).
+    for i in 0..3 {
+        let m = node_metrics(&c, i).await.unwrap();
+        let expected = if c.nodes[i].id == leader { 1.0 } else { 0.0 };
+        assert_eq!(m.get("crashgrid_is_leader"), Some(&expected), "{}", c.nodes[i].id);
+    }
     let js = nats.jetstream().await;
     let (bodies, ids) = batches("k", 600, 20);
     publish_all(&js, "crashes.android", &bodies).await;
