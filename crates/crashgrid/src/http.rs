@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -42,6 +42,10 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Largest debug file upload. 512 MiB: large game binaries with full DWARF get there.
     pub max_debug_file_bytes: usize,
+    /// Longest a `POST /api/v1/crashes?wait=counted` waits for its events to be counted for
+    /// good before answering 202 anyway: 30 s. Counting takes a publish period or two; a
+    /// leader failover adds the lease duration (15 s on Kubernetes) on top.
+    pub counted_wait: std::time::Duration,
 }
 
 impl Default for HttpConfig {
@@ -49,6 +53,7 @@ impl Default for HttpConfig {
         Self {
             max_body_bytes: 4 << 20,
             max_debug_file_bytes: 512 << 20,
+            counted_wait: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -248,13 +253,47 @@ fn parse_events(body: &[u8]) -> Result<Vec<CrashEvent>, ApiError> {
     })
 }
 
+/// Whether a crash POST asks to wait until its events are counted (`?wait=counted`).
+fn wants_counted(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut counted = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("wait", "counted") => counted = true,
+            ("wait", other) => {
+                return Err(ApiError {
+                    field: Some("wait".into()),
+                    ..ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_parameter",
+                        format!("wait must be \"counted\", not {other:?}"),
+                    )
+                })
+            }
+            (name, _) => {
+                return Err(ApiError {
+                    field: Some(name.to_string()),
+                    ..ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_parameter",
+                        format!("unknown query parameter {name:?}"),
+                    )
+                })
+            }
+        }
+    }
+    Ok(counted)
+}
+
 async fn post_crashes(
     State(state): State<AppState>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let metrics = state.node.metrics();
+    let mut wait_counted = false;
     let result = async {
+        wait_counted = wants_counted(query.as_deref())?;
         require_json(&headers)?;
         let limit = state.config.max_body_bytes;
         let raw = read_limited(body, limit).await?;
@@ -275,7 +314,30 @@ async fn post_crashes(
         }
     };
     metrics.received.add(events.len() as u64);
-    match state.node.submit(events) {
+    let (counted_tx, counted_rx) = tokio::sync::oneshot::channel::<()>();
+    let submitted = if wait_counted {
+        let on_ack: crate::node::AckCallback = Box::new(move || {
+            let _ = counted_tx.send(());
+        });
+        state.node.submit_with_ack(events, on_ack)
+    } else {
+        state.node.submit(events)
+    };
+    match submitted {
+        Ok(n) if wait_counted => {
+            // 200 once the events are counted for good (merged, or accepted by the cluster's
+            // leader); 202 when that takes longer than `counted_wait` (they stay admitted and
+            // will be counted: retrying would count them twice).
+            let counted = tokio::time::timeout(state.config.counted_wait, counted_rx)
+                .await
+                .is_ok_and(|r| r.is_ok());
+            let status = if counted {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            Ok((status, Json(json!({ "accepted": n, "counted": counted }))).into_response())
+        }
         Ok(n) => Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": n }))).into_response()),
         Err(overloaded) => Err(ApiError {
             retry_after: Some(overloaded.retry_after.as_secs().max(1)),

@@ -237,3 +237,57 @@ async fn a_resumed_old_leader_cannot_publish_snapshots_that_pods_accept() {
     )
     .await;
 }
+
+/// Rule (acknowledged means counted): `POST /api/v1/crashes?wait=counted` answers 200 only
+/// once the leader accepted the events, so killing the pod that took them (kill -9, right
+/// after the answer) loses none of them. Unknown or invalid query parameters are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_waits_until_counted_survives_the_loss_of_its_pod() {
+    let mut c = ProcCluster::start(3, &[]).await;
+    let (leader, _) = c.converged(3, Duration::from_secs(30)).await;
+    let follower = (0..3).find(|i| c.nodes[*i].id != leader).unwrap();
+    let events: Vec<Value> = (0..40)
+        .map(|i| {
+            serde_json::json!({
+                "event_id": format!("waited-{i}"),
+                "timestamp": 1_795_598_000 + i,
+                "app": {"id": "com.example.game", "version": "2.4.1"},
+                "platform": "android",
+                "os": {"name": "Android", "version": "14"},
+                "device": {"model": "Pixel 8"},
+                "user": {"id": format!("user-{}", i % 9)},
+                "exception": {"type": "SIGSEGV"},
+                "modules": [],
+                "threads": [{"crashed": true, "frames": [{"instruction_addr": "0x1234"}]}]
+            })
+        })
+        .collect();
+    let url = format!("{}/api/v1/crashes", c.nodes[follower].url);
+    for bad in ["?wait=forever", "?hurry=1"] {
+        let r = c
+            .client
+            .post(format!("{url}{bad}"))
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_parameter", "{bad}: {body}");
+    }
+    let r = c
+        .client
+        .post(format!("{url}?wait=counted"))
+        .timeout(Duration::from_secs(40))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["accepted"], 40);
+    assert_eq!(body["counted"], true);
+    c.nodes[follower].kill9();
+    let survivor = (0..3).find(|i| *i != follower).unwrap();
+    until_total(&c, survivor, 40, Duration::from_secs(20)).await;
+}
