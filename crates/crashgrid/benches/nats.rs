@@ -1,4 +1,6 @@
-//! Three `crashgrid serve` pods fed from one NATS JetStream durable consumer, compared in the
+//! A cluster of three `crashgrid serve` pods (static discovery, file lease: statistics reduced by
+//! the leader, messages acknowledged on its acceptance, redeliveries recognised through the
+//! event-id grid) fed from one NATS JetStream durable consumer, compared in the
 //! same run with the same three pods fed over HTTP by `loadgen` (one generator per pod; three
 //! publishers for NATS), and
 //! the backlog figures sampled through a burst.
@@ -22,6 +24,9 @@
 #[allow(dead_code)]
 #[path = "../tests/crashgrid/harness.rs"]
 mod harness;
+#[allow(dead_code)]
+#[path = "../tests/crashgrid/procs.rs"]
+mod procs;
 
 use std::time::{Duration, Instant};
 
@@ -90,15 +95,44 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         let nats = NatsServer::start();
+        // A cluster of three (static discovery, file lease): statistics reduced by the leader,
+        // acks on its acceptance, redeliveries recognised through the event-id grid.
+        let root = tempfile::tempdir().unwrap();
+        let lease = root.path().join("leader.lease").display().to_string();
+        let rpc: Vec<u16> = (0..3).map(|_| harness::pick_port()).collect();
+        let peers = rpc
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let pods: Vec<NatsPod> = (1..=3)
             .map(|i| {
+                let listen = format!("127.0.0.1:{}", rpc[i - 1]);
                 NatsPod::start(
                     &format!("pod-{i}"),
                     &nats.url(),
-                    &["--nats-create-stream", "true", "--in-app", "libgame*,libil2cpp*,libnetcode*,libmain*,GameApp*,UnityFramework*"],
+                    &[
+                        "--nats-create-stream", "true",
+                        "--in-app", "libgame*,libil2cpp*,libnetcode*,libmain*,GameApp*,UnityFramework*",
+                        "--rpc-listen", &listen,
+                        "--discovery", "static", "--peers", &peers,
+                        "--lease", "file", "--lease-file", &lease,
+                        "--cluster-secret", "bench-nats-cluster-secret-0123456789",
+                    ],
                 )
             })
             .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sum(&pods, "crashgrid_cluster_members").await != 9.0
+            || sum(&pods, "crashgrid_is_leader").await != 1.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the three pods never formed a cluster:\n{}",
+                pods.iter().map(|p| p.log()).collect::<Vec<_>>().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         for p in &pods {
             p.wait_connected().await;
             let (ok, failed) = loadgen::upload_debug_files(&p.url, SEED, 4).await.unwrap();
@@ -106,7 +140,7 @@ fn main() {
             assert!(ok > 0);
         }
         println!(
-            "3 pods (1 worker each) on {} cores; demo crashes, {EVENTS_PER_MESSAGE} per message/request, {seconds} s per feed",
+            "a cluster of 3 pods (1 worker each) on {} cores; demo crashes, {EVENTS_PER_MESSAGE} per message/request, {seconds} s per feed",
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
         );
 

@@ -46,3 +46,5 @@ pub use symbolicator::{
     caller_address, EventMeta, FrameStatus, ModuleReport, SourceFrame, SymbolicatedCrash,
     SymbolicatedFrame, SymbolicatedThread, Symbolicator,
 };
+#[doc(hidden)]
+pub use symindex::reference_lookup;

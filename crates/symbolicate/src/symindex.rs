@@ -52,6 +52,8 @@
 
 use std::sync::OnceLock;
 
+use symbolic::demangle::Demangle as _;
+
 /// `"SYMC"` as the writer's native `u32`.
 const MAGIC: u32 = u32::from_le_bytes(*b"SYMC");
 /// Size of the magic and version preamble.
@@ -534,12 +536,51 @@ impl<T> std::fmt::Debug for LazyTable<T> {
     }
 }
 
+fn lang_name(lang: symbolic::common::Language) -> &'static str {
+    match lang {
+        symbolic::common::Language::Unknown => "unknown",
+        other => other.name(),
+    }
+}
+
+/// What `symbolic`'s own reader answers for `addr`, in our frame type: the rule our reader
+/// follows (tests check [`SymReader::lookup`] against it; not used on the lookup path).
+#[doc(hidden)]
+pub fn reference_lookup(
+    cache: &symbolic::symcache::SymCache<'_>,
+    addr: u64,
+) -> Vec<crate::symbolicator::SourceFrame> {
+    let mut frames: Vec<crate::symbolicator::SourceFrame> = cache
+        .lookup(addr)
+        .map(|loc| {
+            let f = loc.function();
+            crate::symbolicator::SourceFrame {
+                function: f
+                    .name_for_demangling()
+                    .try_demangle(symbolic::demangle::DemangleOptions::complete())
+                    .into_owned()
+                    .into(),
+                raw_function: f.name().into(),
+                abs_path: loc
+                    .file()
+                    .map(|f| f.full_path())
+                    .filter(|p| !p.is_empty())
+                    .map(std::sync::Arc::from),
+                lineno: loc.line(),
+                lang: lang_name(f.language()),
+                inlined: true,
+            }
+        })
+        .collect();
+    if let Some(last) = frames.last_mut() {
+        last.inlined = false;
+    }
+    frames
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use symbolic::common::{DebugId, Language};
-    use symbolic::demangle::{Demangle, DemangleOptions};
+    use symbolic::common::DebugId;
     use symbolic::symcache::SymCache;
 
     use super::*;
@@ -552,43 +593,6 @@ mod tests {
         let start = buf.as_ptr().align_offset(8) + misalign;
         buf[start..start + bytes.len()].copy_from_slice(bytes);
         (buf, start..start + bytes.len())
-    }
-
-    fn lang_name(lang: Language) -> &'static str {
-        match lang {
-            Language::Unknown => "unknown",
-            other => other.name(),
-        }
-    }
-
-    /// What `symbolic`'s own reader answers, in our frame type: the rule our reader follows.
-    fn reference(cache: &SymCache<'_>, addr: u64) -> Vec<SourceFrame> {
-        let mut frames: Vec<SourceFrame> = cache
-            .lookup(addr)
-            .map(|loc| {
-                let f = loc.function();
-                SourceFrame {
-                    function: f
-                        .name_for_demangling()
-                        .try_demangle(DemangleOptions::complete())
-                        .into_owned()
-                        .into(),
-                    raw_function: f.name().into(),
-                    abs_path: loc
-                        .file()
-                        .map(|f| f.full_path())
-                        .filter(|p| !p.is_empty())
-                        .map(Arc::from),
-                    lineno: loc.line(),
-                    lang: lang_name(f.language()),
-                    inlined: true,
-                }
-            })
-            .collect();
-        if let Some(last) = frames.last_mut() {
-            last.inlined = false;
-        }
-        frames
     }
 
     /// Our answers for `addrs` (twice: computed, then memoized).
@@ -625,7 +629,7 @@ mod tests {
         let cache = SymCache::parse(bytes).expect("symbolic accepts it");
         let addrs = addresses(end);
         for (addr, got) in addrs.iter().zip(ours(bytes, &addrs)) {
-            assert_eq!(got, reference(&cache, *addr), "at {addr:#x}");
+            assert_eq!(got, reference_lookup(&cache, *addr), "at {addr:#x}");
         }
     }
 
@@ -857,7 +861,7 @@ mod tests {
         let cache = SymCache::parse(b).unwrap_or_else(|e| panic!("{what}: {e}"));
         let addrs = addresses(0xa0);
         for (addr, got) in addrs.iter().zip(ours(b, &addrs)) {
-            assert_eq!(got, reference(&cache, *addr), "{what} at {addr:#x}");
+            assert_eq!(got, reference_lookup(&cache, *addr), "{what} at {addr:#x}");
         }
     }
 

@@ -416,15 +416,7 @@ impl NatsPod {
             .text()
             .await
             .ok()?;
-        Some(
-            text.lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter_map(|l| {
-                    let (name, value) = l.rsplit_once(' ')?;
-                    Some((name.to_string(), value.parse().ok()?))
-                })
-                .collect(),
-        )
+        Some(crate::procs::parse_metrics(&text))
     }
 
     /// One metric, 0 when absent; None while the pod does not answer.

@@ -840,28 +840,6 @@ async fn events_seen_again_are_acknowledged_but_counted_once() {
 // Clustered pods: one consumer, statistics reduced by the leader, event ids shared
 // -------------------------------------------------------------------------------------------
 
-/// `/metrics` of a clustered node as name → value (None while it does not answer).
-async fn node_metrics(c: &crate::procs::ProcCluster, i: usize) -> Option<BTreeMap<String, f64>> {
-    let text = c
-        .client
-        .get(format!("{}/metrics", c.nodes[i].url))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    Some(
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                Some((name.to_string(), value.parse().ok()?))
-            })
-            .collect(),
-    )
-}
-
 /// Event ids in a clustered node's sink file.
 fn node_sink_ids(c: &crate::procs::ProcCluster, i: usize) -> Vec<String> {
     let text = std::fs::read_to_string(c.nodes[i].dir.join("crashes.jsonl")).unwrap_or_default();
@@ -885,6 +863,38 @@ async fn cluster_total(c: &crate::procs::ProcCluster, i: usize) -> Option<u64> {
     v["stats"]["total"].as_u64()
 }
 
+/// Waits until the leader's snapshot (as `pods[0]` serves it) counts `total` events and the
+/// consumer owes nothing, as `pods` report it.
+async fn counted_and_drained(
+    c: &crate::procs::ProcCluster,
+    pods: &[usize],
+    total: u64,
+    timeout: Duration,
+) {
+    wait_until(
+        "the leader counts every event and the consumer owes nothing",
+        timeout,
+        || async {
+            if cluster_total(c, pods[0]).await != Some(total) {
+                return false;
+            }
+            for &i in pods {
+                let Some(m) = c.metrics(i).await else {
+                    return false;
+                };
+                let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+                if get("crashgrid_nats_in_flight_messages") != 0.0
+                    || get("crashgrid_nats_unacked_messages") != 0.0
+                {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+}
+
 async fn clustered_nats_pods(nats: &NatsServer, extra: &[&str]) -> crate::procs::ProcCluster {
     let url = nats.url();
     let flags: Vec<&str> = ["--nats-url", url.as_str()]
@@ -898,7 +908,7 @@ async fn clustered_nats_pods(nats: &NatsServer, extra: &[&str]) -> crate::procs:
             "every clustered pod is connected to NATS",
             Duration::from_secs(60),
             || async {
-                node_metrics(&c, i).await.is_some_and(|m| {
+                c.metrics(i).await.is_some_and(|m| {
                     m.get("crashgrid_nats_connected") == Some(&1.0)
                         && m.get("crashgrid_nats_backlog_sampled_timestamp_seconds")
                             .is_some_and(|t| *t > 0.0)
@@ -947,34 +957,13 @@ async fn clustered_pods_recognise_a_copy_first_processed_by_another_pod() {
     let copies: Vec<Bytes> = (0..6).map(|_| body("dup")).collect();
     publish_all(&js, "crashes.again", &copies).await;
     publish_all(&js, "crashes.fresh", &[body("fresh")]).await;
-    wait_until(
-        "the fresh events are counted and the stopped pod's peers owe nothing",
-        Duration::from_secs(60),
-        || async {
-            if cluster_total(&c, others[0]).await != Some(20) {
-                return false;
-            }
-            for &i in &others {
-                let Some(m) = node_metrics(&c, i).await else {
-                    return false;
-                };
-                let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
-                if get("crashgrid_nats_in_flight_messages") != 0.0
-                    || get("crashgrid_nats_unacked_messages") != 0.0
-                {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await;
+    counted_and_drained(&c, &others, 20, Duration::from_secs(60)).await;
     // Still 20 a few publish periods later: the copies were not counted late.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(cluster_total(&c, others[0]).await, Some(20));
     let (mut duplicates, mut found, mut acked) = (0.0, 0.0, 0.0);
     for &i in &others {
-        let m = node_metrics(&c, i).await.unwrap();
+        let m = c.metrics(i).await.unwrap();
         let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
         duplicates += get("crashgrid_nats_duplicate_events_total");
         found += get("crashgrid_nats_dedup_found_in_cluster_total");
@@ -1013,16 +1002,21 @@ async fn clustered_pods_count_a_killed_followers_messages_once() {
     // Each pod's /metrics describes the pod itself (a follower serves the leader's snapshot,
     // not its cluster view).
     for i in 0..3 {
-        let m = node_metrics(&c, i).await.unwrap();
+        let m = c.metrics(i).await.unwrap();
         let expected = if c.nodes[i].id == leader { 1.0 } else { 0.0 };
-        assert_eq!(m.get("crashgrid_is_leader"), Some(&expected), "{}", c.nodes[i].id);
+        assert_eq!(
+            m.get("crashgrid_is_leader"),
+            Some(&expected),
+            "{}",
+            c.nodes[i].id
+        );
     }
     let js = nats.jetstream().await;
     let (bodies, ids) = batches("k", 600, 20);
     publish_all(&js, "crashes.android", &bodies).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let m = node_metrics(&c, victim).await.unwrap_or_default();
+        let m = c.metrics(victim).await.unwrap_or_default();
         let held = m
             .get("crashgrid_nats_in_flight_messages")
             .copied()
@@ -1043,28 +1037,7 @@ async fn clustered_pods_count_a_killed_followers_messages_once() {
         "killed too late to matter ({processed_by_victim} events)"
     );
     let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
-    wait_until(
-        "the leader counts every event and the consumer owes nothing",
-        Duration::from_secs(180),
-        || async {
-            if cluster_total(&c, survivors[0]).await != Some(ids.len() as u64) {
-                return false;
-            }
-            for &i in &survivors {
-                let Some(m) = node_metrics(&c, i).await else {
-                    return false;
-                };
-                let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
-                if get("crashgrid_nats_in_flight_messages") != 0.0
-                    || get("crashgrid_nats_unacked_messages") != 0.0
-                {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await;
+    counted_and_drained(&c, &survivors, ids.len() as u64, Duration::from_secs(180)).await;
     // And stays exact (nothing counted late).
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -1077,7 +1050,7 @@ async fn clustered_pods_count_a_killed_followers_messages_once() {
     }
     let mut redelivered = 0.0;
     for &i in &survivors {
-        let m = node_metrics(&c, i).await.unwrap();
+        let m = c.metrics(i).await.unwrap();
         redelivered += m
             .get("crashgrid_nats_redelivered_total")
             .copied()

@@ -14,6 +14,17 @@ pub const RENEW_MS: u64 = 1500;
 pub const RETRY_MS: u64 = 250;
 pub const SECRET: &str = "process-test-cluster-secret";
 
+/// A `/metrics` exposition as series (name with its labels, as printed) → value.
+pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -262,6 +273,17 @@ impl ProcCluster {
             .await
             .ok()?;
         r.json().await.ok()
+    }
+
+    /// `/metrics` of node `i` (None while it does not answer).
+    pub async fn metrics(&self, i: usize) -> Option<std::collections::BTreeMap<String, f64>> {
+        let r = self
+            .client
+            .get(format!("{}/metrics", self.nodes[i].url))
+            .send()
+            .await
+            .ok()?;
+        Some(parse_metrics(&r.text().await.ok()?))
     }
 
     /// Indices of running nodes.

@@ -6,51 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use symbolic::common::Language;
-use symbolic::demangle::{Demangle, DemangleOptions};
 use symbolic::symcache::SymCache;
 use symbolicate::{CacheConfig, DebugId, SourceFrame, SymCaches, SymbolStore, Symbolicator};
 
 use crate::common::*;
 use crate::elf::{CPP_SOURCE, C_SOURCE};
-
-fn lang_name(lang: Language) -> &'static str {
-    match lang {
-        Language::Unknown => "unknown",
-        other => other.name(),
-    }
-}
-
-/// What `symbolic`'s own reader answers for `addr`, in our frame type (the rule: our answers
-/// are byte-identical to it).
-fn reference(cache: &SymCache<'_>, addr: u64) -> Vec<SourceFrame> {
-    let mut frames: Vec<SourceFrame> = cache
-        .lookup(addr)
-        .map(|loc| {
-            let f = loc.function();
-            SourceFrame {
-                function: f
-                    .name_for_demangling()
-                    .try_demangle(DemangleOptions::complete())
-                    .into_owned()
-                    .into(),
-                raw_function: f.name().into(),
-                abs_path: loc
-                    .file()
-                    .map(|f| f.full_path())
-                    .filter(|p| !p.is_empty())
-                    .map(Arc::from),
-                lineno: loc.line(),
-                lang: lang_name(f.language()),
-                inlined: true,
-            }
-        })
-        .collect();
-    if let Some(last) = frames.last_mut() {
-        last.inlined = false;
-    }
-    frames
-}
 
 /// The one SymCache file under `cache_dir`.
 fn cached_symcache(cache_dir: &Path) -> PathBuf {
@@ -120,7 +80,10 @@ fn assert_same_as_symbolic(stored: &Stored, addrs: &[u64]) -> (usize, usize) {
     assert_eq!(caches.counters().conversions, 1);
     let bytes = std::fs::read(cached_symcache(&stored.dir.path().join("cache"))).unwrap();
     let symcache = SymCache::parse(&bytes).unwrap();
-    let want: Vec<Vec<SourceFrame>> = addrs.iter().map(|a| reference(&symcache, *a)).collect();
+    let want: Vec<Vec<SourceFrame>> = addrs
+        .iter()
+        .map(|a| symbolicate::reference_lookup(&symcache, *a))
+        .collect();
     assert_eq!(first, want[0]);
 
     let (from_disk, disk_caches) = stored.symbolicator();

@@ -3,6 +3,21 @@
 
 use super::*;
 
+/// The distinct keys in first-seen order, and for each input position the index of its key.
+fn dedup_keys<K: GridKey>(keys: &[K]) -> (Vec<K>, Vec<usize>) {
+    let mut unique: Vec<K> = Vec::new();
+    let mut slot = Vec::with_capacity(keys.len());
+    let mut seen: HashMap<&K, usize> = HashMap::new();
+    for k in keys {
+        let i = *seen.entry(k).or_insert_with(|| {
+            unique.push(k.clone());
+            unique.len() - 1
+        });
+        slot.push(i);
+    }
+    (unique, slot)
+}
+
 /// What phase 1 of coalescing found: values (`out`, by key index), the keys this node
 /// claimed (with their coordinator; `None`: nobody coordinates them) and the keys another
 /// member claimed (with the coordinator to wait at).
@@ -82,19 +97,7 @@ impl<K: GridKey, V: GridValue> Inner<K, V> {
         F: Fn(Vec<K>) -> Fut,
         Fut: Future<Output = Vec<Option<V>>>,
     {
-        // Unique keys; `slot[i]` maps each input position to its unique key.
-        let mut unique_keys: Vec<K> = Vec::new();
-        let mut slot = Vec::with_capacity(keys.len());
-        {
-            let mut seen: HashMap<&K, usize> = HashMap::new();
-            for k in keys {
-                let i = *seen.entry(k).or_insert_with(|| {
-                    unique_keys.push(k.clone());
-                    unique_keys.len() - 1
-                });
-                slot.push(i);
-            }
-        }
+        let (unique_keys, slot) = dedup_keys(keys);
         let unique: &[K] = &unique_keys;
         let table = self.routing.read().table.clone();
         let Phase1 {
@@ -304,18 +307,7 @@ impl<K: GridKey, V: GridValue> Inner<K, V> {
 
     pub(super) async fn claim_many(&self, keys: &[K]) -> Vec<ClaimOutcome<V>> {
         // A key given twice is claimed once; both positions get its outcome.
-        let mut unique: Vec<K> = Vec::new();
-        let mut slot = Vec::with_capacity(keys.len());
-        {
-            let mut seen: HashMap<&K, usize> = HashMap::new();
-            for k in keys {
-                let i = *seen.entry(k).or_insert_with(|| {
-                    unique.push(k.clone());
-                    unique.len() - 1
-                });
-                slot.push(i);
-            }
-        }
+        let (unique, slot) = dedup_keys(keys);
         let table = self.routing.read().table.clone();
         let p = self.claim_phase(&unique, table.as_deref()).await;
         GridStats::add(&self.stats.hits_local, p.local_hits);

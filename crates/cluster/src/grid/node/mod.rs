@@ -443,6 +443,15 @@ impl<K: GridKey, V: GridValue> Grid<K, V> {
     }
 }
 
+/// The ids of the current members.
+fn live_ids(st: &ClusterState) -> HashSet<&str> {
+    st.members
+        .members
+        .iter()
+        .map(|m| m.info.id.as_str())
+        .collect()
+}
+
 /// Groups item indices by a string key, keeping first-seen order of keys.
 fn group<'a>(items: impl Iterator<Item = (usize, &'a str)>) -> Vec<(&'a str, Vec<usize>)> {
     let mut out: Vec<(&str, Vec<usize>)> = Vec::new();
@@ -796,12 +805,7 @@ impl<K: GridKey, V: GridValue> Inner<K, V> {
         let Some(t) = &r.table else {
             return Safety::default();
         };
-        let live: HashSet<&str> = st
-            .members
-            .members
-            .iter()
-            .map(|m| m.info.id.as_str())
-            .collect();
+        let live = live_ids(st);
         let mut members: Vec<&NodeInfo> = st.members.members.iter().map(|m| &m.info).collect();
         members.sort_by(|a, b| a.id.cmp(&b.id));
         let table_current = t.members.iter().collect::<Vec<_>>() == members;
@@ -854,12 +858,7 @@ impl<K: GridKey, V: GridValue> Inner<K, V> {
                 }
             }
         }
-        let live: HashSet<&str> = st
-            .members
-            .members
-            .iter()
-            .map(|m| m.info.id.as_str())
-            .collect();
+        let live = live_ids(st);
         self.claims.lock().retain(|_, c| {
             let orphan = c.claimant != self.me.id
                 && !live.contains(c.claimant.as_str())
