@@ -214,25 +214,35 @@ pub struct LoadgenReport {
     pub lag: Option<ServerLag>,
 }
 
+/// `count` per second over `elapsed` (0 for an empty run).
+pub(crate) fn per_second(count: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// A target rate as a report prints it (0: unlimited).
+pub(crate) fn target_label(rate: u64) -> String {
+    if rate == 0 {
+        "unlimited".to_string()
+    } else {
+        format!("{rate} events/s")
+    }
+}
+
 impl LoadgenReport {
     /// Accepted events per second over the run.
     pub fn achieved_rate(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.accepted as f64 / secs
-        } else {
-            0.0
-        }
+        per_second(self.accepted, self.elapsed)
     }
 }
 
 impl fmt::Display for LoadgenReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let target = if self.target_rate == 0 {
-            "unlimited".to_string()
-        } else {
-            format!("{} events/s", self.target_rate)
-        };
+        let target = target_label(self.target_rate as u64);
         writeln!(
             f,
             "loadgen → {}: {:.1} s, target {target}, achieved {:.1} events/s",

@@ -109,22 +109,13 @@ pub struct NatsLoadgenReport {
 impl NatsLoadgenReport {
     /// Published events per second over the run.
     pub fn achieved_rate(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.published as f64 / secs
-        } else {
-            0.0
-        }
+        crate::loadgen::per_second(self.published, self.elapsed)
     }
 }
 
 impl fmt::Display for NatsLoadgenReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let target = if self.target_rate == 0 {
-            "unlimited".to_string()
-        } else {
-            format!("{} events/s", self.target_rate)
-        };
+        let target = crate::loadgen::target_label(self.target_rate as u64);
         writeln!(
             f,
             "loadgen → {} {} (stream {}): {:.1} s, target {target}, achieved {:.1} events/s",
