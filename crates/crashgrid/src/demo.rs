@@ -12,7 +12,7 @@
 //!   some marked in-app. Each has a debug id and code id hashed from the seed and its name
 //!   (ELF: a 20-byte build-id whose first 16 bytes, read as a little-endian GUID, are the debug
 //!   id, as `symbolic` derives it; Mach-O: a UUID), and a few hundred functions laid out in a
-//!   `.text` range.
+//!   `.text` range (times the world's scale, see "Scale" below).
 //! * **Debug files** — one Breakpad `.sym` text per module (`MODULE`, `INFO CODE_ID`, `FILE`,
 //!   `INLINE_ORIGIN`, `FUNC` with `INLINE` and line records, `PUBLIC`), rendered on demand by
 //!   [`DemoWorld::debug_files`] so the world itself stays small (~3 MB) while the files total
@@ -38,6 +38,21 @@
 //! All randomness comes from the caller's RNG, so a seeded `StdRng` reproduces an event stream.
 //!
 //! [`Truth`] tallies what was sent, for comparison with a server's statistics.
+//!
+//! # Scale
+//!
+//! A game's big binaries have far more code than the demo modules' few hundred functions
+//! (libunity.so, libil2cpp.so: 10⁵ functions; converting such a debug file into a SymCache
+//! takes a second or more). [`DemoWorld::with_scale`] builds the same world with `scale`
+//! times the functions in every module: the demo functions stay as they are (names,
+//! addresses, sizes, lines, inlines) and the extra ones — same naming style, sizes, line
+//! records and inlined calls, from an RNG of their own — follow them in the image. Crash
+//! stacks are built from the demo functions only (the extra code never crashes), so groups,
+//! users and the module-relative frames of every event are those of the unscaled world, and
+//! they symbolicate to the same results; what changes is the debug files (~8 MB × `scale`
+//! of Breakpad text in all, about linear conversion time), the image sizes, and so the
+//! absolute addresses of events. Debug ids stay the same: a scaled file is the same build
+//! with more of its code described. Scale 1 is [`DemoWorld::new`], byte for byte.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
@@ -1125,6 +1140,129 @@ fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
+/// A generated function name of `style` that is not in `names`; `suffix(attempt)` is the
+/// number appended to the name at each try (0: none).
+fn generated_name<R: Rng + ?Sized>(
+    rng: &mut R,
+    style: Style,
+    names: &HashSet<String>,
+    suffix: impl Fn(usize) -> usize,
+) -> String {
+    let mut attempt: usize = 0;
+    loop {
+        let suffix = suffix(attempt);
+        let name = match style {
+            Style::Cpp {
+                namespaces,
+                mangled,
+            } => {
+                let ns = pick(rng, namespaces);
+                let mangled = rng.gen_bool(mangled);
+                cpp_name(rng, ns, mangled, suffix)
+            }
+            Style::C { prefix } => c_name(rng, prefix, suffix),
+            Style::ObjC { prefix } => objc_name(rng, prefix, suffix),
+            Style::Il2cpp => il2cpp_name(rng, suffix),
+        };
+        if !names.contains(&name) {
+            return name;
+        }
+        attempt += 1;
+    }
+}
+
+/// A function named `name` laid out at `cursor` (moved past it), with a random size and
+/// source position; a `fixed` one (stack skeleton) is always fully described.
+fn new_func<R: Rng + ?Sized>(
+    rng: &mut R,
+    name: String,
+    cursor: &mut u64,
+    files: usize,
+    fixed: bool,
+    public_share: f64,
+) -> Func {
+    let words = if rng.gen_bool(0.85) {
+        rng.gen_range(4..=120u64)
+    } else {
+        rng.gen_range(120..=2000u64)
+    };
+    let addr = align_up(*cursor, 16);
+    let size = words * 4;
+    *cursor = addr + size;
+    Func {
+        addr,
+        size,
+        name,
+        file: rng.gen_range(0..files as u32),
+        line: rng.gen_range(10..3000),
+        // Fixed names are the stack skeleton: keep them fully described.
+        public_only: !fixed && rng.gen_bool(public_share),
+        inlines: Vec::new(),
+    }
+}
+
+/// Gives about `share` of the functions from index `from` on one or two inlined calls (some
+/// with a nested one) of other described functions.
+fn add_inlines<R: Rng + ?Sized>(rng: &mut R, funcs: &mut [Func], from: usize, share: f64) {
+    for i in from..funcs.len() {
+        let f = &funcs[i];
+        if f.public_only || f.size < 96 || !rng.gen_bool(share) {
+            continue;
+        }
+        let (size, parent_file, parent_line) = (f.size, f.file, f.line);
+        let mut inlines = Vec::new();
+        let mut start = 8 + rng.gen_range(0..size / 4 / 4) * 4;
+        for _ in 0..rng.gen_range(1..=2) {
+            // Leave at least 16 bytes of the function after the inlinee.
+            if start + 32 + 16 > size {
+                break;
+            }
+            let max_len = (size - 16 - start) / 4;
+            let len = rng.gen_range(8..=max_len.clamp(8, 200)) * 4;
+            let origin = loop {
+                let o = rng.gen_range(0..funcs.len());
+                if o != i && !funcs[o].public_only {
+                    break o;
+                }
+            };
+            let outer = Inline {
+                depth: 0,
+                origin,
+                call_file: parent_file,
+                call_line: parent_line + rng.gen_range(1..40),
+                addr: f.addr + start,
+                size: len,
+                file: funcs[origin].file,
+                line: funcs[origin].line,
+            };
+            let nested = (len >= 48 && rng.gen_bool(0.4)).then(|| {
+                let n_start = 8 + rng.gen_range(0..(len - 24) / 4 / 2) * 4;
+                let n_len = rng.gen_range(2..=((len - 8 - n_start) / 4).max(2)) * 4;
+                let n_origin = loop {
+                    let o = rng.gen_range(0..funcs.len());
+                    if o != i && o != origin && !funcs[o].public_only {
+                        break o;
+                    }
+                };
+                Inline {
+                    depth: 1,
+                    origin: n_origin,
+                    call_file: outer.file,
+                    call_line: outer.line + rng.gen_range(1..20),
+                    addr: outer.addr + n_start,
+                    size: n_len,
+                    file: funcs[n_origin].file,
+                    line: funcs[n_origin].line,
+                }
+            });
+            start += len + rng.gen_range(2..16) * 4;
+            inlines.push(outer);
+            inlines.extend(nested);
+        }
+        funcs[i].inlines = inlines;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Modules and functions
 // ---------------------------------------------------------------------------------------------
@@ -1179,6 +1317,9 @@ pub struct DemoModule {
     role: Role,
     files: Vec<String>,
     funcs: Vec<Func>,
+    /// The first `crash_funcs` functions are those crash stacks are built from; the rest (a
+    /// scaled world's extra code, see [`DemoWorld::with_scale`]) never appear in a stack.
+    crash_funcs: usize,
 }
 
 impl DemoModule {
@@ -1192,7 +1333,8 @@ impl DemoModule {
         self.funcs.len()
     }
 
-    fn build(seed: u64, spec: &Spec) -> Self {
+    /// Builds the module of `spec` with `scale` times its functions (`scale` ≥ 1).
+    fn build(seed: u64, spec: &Spec, scale: usize) -> Self {
         let mut rng = StdRng::seed_from_u64(hash64(seed, &["module", spec.name]));
         let id = hash128(seed, &["debug-id", spec.name]);
         let (debug_id, code_id) = match spec.platform {
@@ -1234,118 +1376,62 @@ impl DemoModule {
         let n_funcs = rng
             .gen_range(spec.funcs.0..=spec.funcs.1)
             .max(spec.fixed.len());
-        let mut names: HashSet<String> = HashSet::with_capacity(n_funcs);
-        let mut funcs = Vec::with_capacity(n_funcs);
+        let mut names: HashSet<String> = HashSet::with_capacity(n_funcs * scale);
+        let mut funcs = Vec::with_capacity(n_funcs * scale);
         let mut cursor = 0x1_0000 + rng.gen_range(0..16u64) * 0x1000;
         let public_share = if spec.in_app { 0.02 } else { 0.06 };
         for i in 0..n_funcs {
-            let name = if let Some(fixed) = spec.fixed.get(i) {
-                fixed.to_string()
-            } else {
-                let mut attempt: usize = 0;
-                loop {
-                    let suffix = attempt.saturating_sub(4);
-                    let name = match spec.style {
-                        Style::Cpp {
-                            namespaces,
-                            mangled,
-                        } => {
-                            let ns = pick(&mut rng, namespaces);
-                            let mangled = rng.gen_bool(mangled);
-                            cpp_name(&mut rng, ns, mangled, suffix)
-                        }
-                        Style::C { prefix } => c_name(&mut rng, prefix, suffix),
-                        Style::ObjC { prefix } => objc_name(&mut rng, prefix, suffix),
-                        Style::Il2cpp => il2cpp_name(&mut rng, suffix),
-                    };
-                    if !names.contains(&name) {
-                        break name;
-                    }
-                    attempt += 1;
-                }
+            let name = match spec.fixed.get(i) {
+                Some(fixed) => fixed.to_string(),
+                // Up to five tries without a suffix, then `1`, `2`, ...
+                None => generated_name(&mut rng, spec.style, &names, |attempt| {
+                    attempt.saturating_sub(4)
+                }),
             };
-            names.insert(name.clone());
-            let words = if rng.gen_bool(0.85) {
-                rng.gen_range(4..=120u64)
-            } else {
-                rng.gen_range(120..=2000u64)
-            };
-            let addr = align_up(cursor, 16);
-            let size = words * 4;
-            cursor = addr + size;
-            funcs.push(Func {
-                addr,
-                size,
+            let fixed = i < spec.fixed.len();
+            let func = new_func(
+                &mut rng,
                 name,
-                file: rng.gen_range(0..files.len() as u32),
-                line: rng.gen_range(10..3000),
-                // Fixed names are the stack skeleton: keep them fully described.
-                public_only: i >= spec.fixed.len() && rng.gen_bool(public_share),
-                inlines: Vec::new(),
-            });
+                &mut cursor,
+                files.len(),
+                fixed,
+                public_share,
+            );
+            names.insert(func.name.clone());
+            funcs.push(func);
         }
-
-        // Inlined calls.
         let inline_share = match spec.style {
             Style::Cpp { .. } | Style::Il2cpp => 0.35,
             _ => 0.1,
         };
-        for i in 0..funcs.len() {
-            let f = &funcs[i];
-            if f.public_only || f.size < 96 || !rng.gen_bool(inline_share) {
-                continue;
-            }
-            let (size, parent_file, parent_line) = (f.size, f.file, f.line);
-            let mut inlines = Vec::new();
-            let mut start = 8 + rng.gen_range(0..size / 4 / 4) * 4;
-            for _ in 0..rng.gen_range(1..=2) {
-                // Leave at least 16 bytes of the function after the inlinee.
-                if start + 32 + 16 > size {
-                    break;
-                }
-                let max_len = (size - 16 - start) / 4;
-                let len = rng.gen_range(8..=max_len.clamp(8, 200)) * 4;
-                let origin = loop {
-                    let o = rng.gen_range(0..funcs.len());
-                    if o != i && !funcs[o].public_only {
-                        break o;
-                    }
-                };
-                let outer = Inline {
-                    depth: 0,
-                    origin,
-                    call_file: parent_file,
-                    call_line: parent_line + rng.gen_range(1..40),
-                    addr: f.addr + start,
-                    size: len,
-                    file: funcs[origin].file,
-                    line: funcs[origin].line,
-                };
-                let nested = (len >= 48 && rng.gen_bool(0.4)).then(|| {
-                    let n_start = 8 + rng.gen_range(0..(len - 24) / 4 / 2) * 4;
-                    let n_len = rng.gen_range(2..=((len - 8 - n_start) / 4).max(2)) * 4;
-                    let n_origin = loop {
-                        let o = rng.gen_range(0..funcs.len());
-                        if o != i && o != origin && !funcs[o].public_only {
-                            break o;
-                        }
-                    };
-                    Inline {
-                        depth: 1,
-                        origin: n_origin,
-                        call_file: outer.file,
-                        call_line: outer.line + rng.gen_range(1..20),
-                        addr: outer.addr + n_start,
-                        size: n_len,
-                        file: funcs[n_origin].file,
-                        line: funcs[n_origin].line,
+        add_inlines(&mut rng, &mut funcs, 0, inline_share);
+
+        // Scale: code that never crashes, after the functions above (whose addresses, lines
+        // and inlines stay as they are), from an RNG of its own.
+        let crash_funcs = funcs.len();
+        if scale > 1 {
+            let mut rng = StdRng::seed_from_u64(hash64(seed, &["module-scale", spec.name]));
+            for i in crash_funcs..crash_funcs * scale {
+                // Up to five tries without a suffix, then the function's index (distinct).
+                let name = generated_name(&mut rng, spec.style, &names, |attempt| {
+                    if attempt < 5 {
+                        0
+                    } else {
+                        i + attempt - 5
                     }
                 });
-                start += len + rng.gen_range(2..16) * 4;
-                inlines.push(outer);
-                inlines.extend(nested);
+                let func = new_func(
+                    &mut rng,
+                    name,
+                    &mut cursor,
+                    files.len(),
+                    false,
+                    public_share,
+                );
+                names.insert(func.name.clone());
+                funcs.push(func);
             }
-            funcs[i].inlines = inlines;
+            add_inlines(&mut rng, &mut funcs, crash_funcs, inline_share);
         }
 
         let image_size = align_up(cursor, 0x1000) + 0x8000;
@@ -1360,11 +1446,12 @@ impl DemoModule {
             role: spec.role,
             files,
             funcs,
+            crash_funcs,
         }
     }
 
     fn func_index(&self, name: &str) -> usize {
-        self.funcs
+        self.funcs[..self.crash_funcs]
             .iter()
             .position(|f| f.name == name)
             .unwrap_or_else(|| panic!("{} has no function {name:?}", self.name))
@@ -1506,6 +1593,7 @@ impl CrashGroup {
 #[derive(Debug, Clone)]
 pub struct DemoWorld {
     seed: u64,
+    scale: usize,
     modules: Vec<DemoModule>,
     /// Per platform, the world indices of its modules in load order.
     platform_modules: [Vec<usize>; 2],
@@ -1525,7 +1613,19 @@ pub struct DemoWorld {
 impl DemoWorld {
     /// Builds the world for `seed` (about 20 ms).
     pub fn new(seed: u64) -> Self {
-        let modules: Vec<DemoModule> = SPECS.iter().map(|s| DemoModule::build(seed, s)).collect();
+        Self::with_scale(seed, 1)
+    }
+
+    /// Builds the world for `seed` with every module holding `scale` times its functions
+    /// (`scale` 0 counts as 1; `with_scale(seed, 1)` is [`DemoWorld::new`]). See "Scale" in the
+    /// module docs: debug files grow about linearly (~8 MB × `scale` in all), crash groups,
+    /// users and the frames of every event stay those of `DemoWorld::new(seed)`.
+    pub fn with_scale(seed: u64, scale: usize) -> Self {
+        let scale = scale.max(1);
+        let modules: Vec<DemoModule> = SPECS
+            .iter()
+            .map(|s| DemoModule::build(seed, s, scale))
+            .collect();
         let mut platform_modules: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
         let mut event_index = vec![0; modules.len()];
         for (i, m) in modules.iter().enumerate() {
@@ -1536,6 +1636,7 @@ impl DemoWorld {
 
         let mut world = DemoWorld {
             seed,
+            scale,
             modules,
             platform_modules,
             event_index,
@@ -1603,6 +1704,11 @@ impl DemoWorld {
     /// The seed the world was built from.
     pub fn seed(&self) -> u64 {
         self.seed
+    }
+
+    /// The factor on every module's function count (1 for [`DemoWorld::new`]).
+    pub fn scale(&self) -> usize {
+        self.scale
     }
 
     /// All modules, Android first.
@@ -1811,7 +1917,7 @@ impl DemoWorld {
             })
             .collect();
         let module = *candidates.choose(rng).expect("a module with that role");
-        let func = rng.gen_range(0..self.modules[module].funcs.len());
+        let func = rng.gen_range(0..self.modules[module].crash_funcs);
         self.at(rng, module, func)
     }
 
@@ -2574,5 +2680,130 @@ mod tests {
             "checked {frames_checked} frames: {inlined} inlined, {demangled} demangled, \
              {public} PUBLIC-only"
         );
+    }
+    /// Rule: `DemoWorld::new` stays what it was, byte for byte (`crashgrid up` clusters keep
+    /// its debug files, tests compare its crashes): a digest of seed 7's debug files and first
+    /// 300 events. Change the digest only with an intended change of the world.
+    #[test]
+    fn the_unscaled_world_stays_byte_identical() {
+        let w = world();
+        let mut h = SipHasher13::new_with_keys(0, 0);
+        for (name, data) in w.debug_files() {
+            h.write(name.as_bytes());
+            h.write(&data);
+        }
+        let mut rng = StdRng::seed_from_u64(5);
+        for _ in 0..300 {
+            let g = w.sample_group(&mut rng);
+            let e = w.event_for_group(g, &mut rng, 1_700_000_000_000);
+            h.write(&serde_json::to_vec(&e).unwrap());
+        }
+        let digest = hex_upper(&h.finish128().as_bytes());
+        assert_eq!(
+            digest, "87096D7A72DCC4DF9A563B81B9CED5B4",
+            "the demo world changed"
+        );
+    }
+
+    /// The module-relative address of every frame of the crashing thread.
+    fn relative_frames(e: &CrashEvent) -> Vec<(usize, u64)> {
+        e.threads[0]
+            .frames
+            .iter()
+            .map(|f| match f.addr_mode {
+                AddrMode::Rel(i) => (i, f.instruction_addr),
+                AddrMode::Abs => {
+                    let (i, m) = e
+                        .modules
+                        .iter()
+                        .enumerate()
+                        .find(|(_, m)| {
+                            m.image_addr <= f.instruction_addr
+                                && f.instruction_addr < m.image_addr + m.image_size.unwrap()
+                        })
+                        .expect("every frame is in a module");
+                    (i, f.instruction_addr - m.image_addr)
+                }
+            })
+            .collect()
+    }
+
+    /// Rule: a scaled world has `scale` times the functions of every module (distinct names,
+    /// laid out one after the other in the image, inlines included) and otherwise the
+    /// unscaled world's modules, crash groups and event frames; its crashes symbolicate
+    /// against its own debug files to exactly the unscaled world's results.
+    #[test]
+    fn a_scaled_world_adds_code_that_never_crashes() {
+        let w = world();
+        let s = DemoWorld::with_scale(7, 3);
+        assert_eq!((w.scale(), s.scale()), (1, 3));
+        assert_eq!(DemoWorld::with_scale(7, 0).scale(), 1);
+        let mut extra_inlines = 0;
+        for (a, b) in w.modules().iter().zip(s.modules()) {
+            assert_eq!(
+                (a.name, a.debug_id, &a.code_id, &a.code_file),
+                (b.name, b.debug_id, &b.code_id, &b.code_file)
+            );
+            assert_eq!(b.function_count(), 3 * a.function_count(), "{}", a.name);
+            assert_eq!(b.crash_funcs, a.function_count());
+            for (fa, fb) in a.funcs.iter().zip(&b.funcs) {
+                assert_eq!(
+                    (fa.addr, fa.size, &fa.name, fa.line, fa.public_only),
+                    (fb.addr, fb.size, &fb.name, fb.line, fb.public_only)
+                );
+                assert_eq!(fa.inlines.len(), fb.inlines.len());
+            }
+            for pair in b.funcs.windows(2) {
+                assert!(pair[0].addr + pair[0].size <= pair[1].addr, "{}", b.name);
+            }
+            let last = b.funcs.last().unwrap();
+            assert!(last.addr + last.size <= b.image_size);
+            let names: HashSet<&str> = b.funcs.iter().map(|f| f.name.as_str()).collect();
+            assert_eq!(names.len(), b.funcs.len(), "distinct names in {}", b.name);
+            extra_inlines += b.funcs[b.crash_funcs..]
+                .iter()
+                .filter(|f| !f.inlines.is_empty())
+                .count();
+        }
+        assert!(extra_inlines > 1000, "{extra_inlines}");
+        for (ga, gb) in w.groups().iter().zip(s.groups()) {
+            assert_eq!(ga.frames, gb.frames);
+            assert_eq!(
+                (ga.exception_type, ga.min_version),
+                (gb.exception_type, gb.min_version)
+            );
+        }
+
+        let pod = |world: &DemoWorld, tag: &str| {
+            let scratch = Scratch::new(tag);
+            let store = SymbolStore::open(scratch.0.join("store")).unwrap();
+            for (name, data) in world.debug_files() {
+                store.add_bytes(&name, &data).unwrap();
+            }
+            let caches = SymCaches::new(store, CacheConfig::new(scratch.0.join("cache")));
+            (scratch, Symbolicator::new(Arc::new(caches)))
+        };
+        let (_a_dir, a) = pod(w, "unscaled");
+        let (_b_dir, b) = pod(&s, "scaled");
+        let (mut ra, mut rb) = (StdRng::seed_from_u64(8), StdRng::seed_from_u64(8));
+        let mut frames = 0;
+        for _ in 0..40 {
+            let (ga, ea) = w.event_with_group(&mut ra);
+            let (gb, eb) = s.event_with_group(&mut rb);
+            assert_eq!(ga, gb);
+            assert_eq!(relative_frames(&ea), relative_frames(&eb));
+            let (oa, ob) = (a.symbolicate(&ea), b.symbolicate(&eb));
+            let fa = &oa.threads[0].frames;
+            let fb = &ob.threads[0].frames;
+            assert_eq!(fa.len(), fb.len());
+            for (x, y) in fa.iter().zip(fb) {
+                assert_eq!(
+                    (x.status, x.original_index, x.lookup_addr, &x.source),
+                    (y.status, y.original_index, y.lookup_addr, &y.source)
+                );
+                frames += 1;
+            }
+        }
+        assert!(frames > 1000, "{frames}");
     }
 }
