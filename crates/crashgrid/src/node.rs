@@ -588,6 +588,7 @@ impl Node {
                 link.leave_timeout,
             )
             .map_err(|e| anyhow::anyhow!("starting the shared symbolication cache: {e}"))?;
+            cache.serve_home(self.inner.symbolicator.clone());
             self.inner
                 .symbolicator
                 .install_shared(crate::shared_cache::bridge(&cache, config.negative_ttl));
@@ -875,6 +876,7 @@ impl Node {
                 &cache.grid().stats(),
                 inner.symbolicator.frame_cache().map(|n| n.stats()),
             );
+            crate::shared_cache::render_home(&mut e, cache.home_counters());
         }
         if let Some(near) = inner.symbolicator.frame_cache() {
             let st = near.stats();

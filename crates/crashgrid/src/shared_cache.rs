@@ -10,6 +10,23 @@
 //! threads, so the bridge to the async grid is `Handle::block_on` on the worker thread (the
 //! node's runtime is multi-threaded: its workers drive the grid's I/O meanwhile).
 //!
+//! # Homes: each debug file converted on one pod
+//!
+//! The grid computes a frame once cluster-wide, but by the pod that claimed it, with its own
+//! SymCache; and the frames of one debug file reach every pod, so without more every pod
+//! would convert every debug file (a cold cluster of 3 pods converted 126 SymCaches for 42
+//! files in the benchmark). So a pod sends the frames it claimed to their debug file's
+//! **home** — the owner of the grid partition the debug id hashes to — in one
+//! `symbolicate.compute` RPC per home; the home computes them on a blocking thread (its
+//! SymCache cache makes concurrent requests share one conversion) and answers the values,
+//! which the claimant puts into the grid as before. The claimant computes itself what its
+//! home does not answer within 4 s (below the grid's 5 s claim timeout), what the home
+//! reports missing or malformed (the home may lack a debug file this pod has), and frames
+//! whose home it is. Homes follow the partition table, so a debug file's home moves only with
+//! its partition's owner; every pod needs every debug file (upload to all pods, or share the
+//! store). `crashgrid_grid_home_frames_total{side}` counts frames asked, served, and fallen
+//! back.
+//!
 //! # Sizing
 //!
 //! `--cache-memory-bytes` bounds each pod's grid store (default 128 MiB; 0 turns the shared
@@ -36,11 +53,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::{Grid, GridConfig, GridError, GridKey, GridStatsSnapshot, GridValue, StableHasher};
-use serde::{Deserialize, Serialize};
-use symbolicate::{FrameCacheStats, FrameKey, FrameValue, SharedFrames, SourceFrame};
+use std::net::SocketAddr;
 
-use crate::metrics::Exposition;
+use cluster::{
+    BoxFuture, Grid, GridConfig, GridError, GridKey, GridStatsSnapshot, GridValue, Handler,
+    PartitionTable, RpcError, StableHasher,
+};
+use serde::{Deserialize, Serialize};
+use symbolicate::{FrameCacheStats, FrameKey, FrameValue, SharedFrames, SourceFrame, Symbolicator};
+
+use crate::metrics::{Counter, Exposition};
 
 /// The grid's name (its RPC methods are `frames.get`, `frames.put`, ...).
 pub const GRID_NAME: &str = "frames";
@@ -128,21 +150,103 @@ impl GridValue for GridFrameValue {
 /// The grid of frames.
 pub type FrameGrid = Grid<GridFrameKey, GridFrameValue>;
 
+/// The caller's compute function, lent to the grid's compute calls (never concurrent).
+type LentCompute<'a> = RefCell<&'a mut dyn FnMut(&[FrameKey]) -> Vec<FrameValue>>;
+
 /// [`SharedFrames`] over the grid, for the symbolication worker threads.
 pub struct GridFrames {
     grid: FrameGrid,
     runtime: tokio::runtime::Handle,
     negative_ttl: Duration,
+    /// Where frames this pod must compute are sent (their debug file's home), when set.
+    homes: Option<(cluster::Cluster, Arc<HomeCounters>)>,
 }
 
 impl GridFrames {
-    /// Serves `grid` to worker threads, blocking on `runtime`.
+    /// Serves `grid` to worker threads, blocking on `runtime`; computes every frame it must
+    /// compute itself.
     pub fn new(grid: FrameGrid, runtime: tokio::runtime::Handle, negative_ttl: Duration) -> Self {
         Self {
             grid,
             runtime,
             negative_ttl,
+            homes: None,
         }
+    }
+
+    /// Sends the frames this pod must compute to their debug file's home pod over `cluster`
+    /// (see the module docs), counting into `counters`.
+    pub fn with_homes(mut self, cluster: cluster::Cluster, counters: Arc<HomeCounters>) -> Self {
+        self.homes = Some((cluster, counters));
+        self
+    }
+
+    /// Computes `keys`: those whose debug file's home is another pod there (one RPC per home),
+    /// the rest, and whatever a home could not answer with a found value, with `compute`.
+    async fn compute_at_homes(
+        &self,
+        keys: &[FrameKey],
+        compute: &LentCompute<'_>,
+    ) -> Vec<FrameValue> {
+        let mut out: Vec<Option<FrameValue>> = vec![None; keys.len()];
+        let mut remote: Vec<(SocketAddr, Vec<usize>)> = Vec::new();
+        if let (Some((cluster, _)), Some(table)) = (&self.homes, self.grid.table()) {
+            let me = &cluster.me().id;
+            for (i, k) in keys.iter().enumerate() {
+                let Some(addr) = home_of(&table, &k.debug_id)
+                    .filter(|id| id != me)
+                    .and_then(|id| table.node(id).map(|n| n.addr))
+                else {
+                    continue;
+                };
+                match remote.iter_mut().find(|(a, _)| *a == addr) {
+                    Some((_, idx)) => idx.push(i),
+                    None => remote.push((addr, vec![i])),
+                }
+            }
+        }
+        if let Some((cluster, counters)) = &self.homes {
+            let calls = remote.iter().map(|(addr, idx)| {
+                let ks: Vec<FrameKey> = idx.iter().map(|&i| keys[i]).collect();
+                async move {
+                    let body = serde_json::to_vec(&ks).expect("frame keys serialize");
+                    let answer = cluster
+                        .transport()
+                        .call(*addr, HOME_COMPUTE, body, HOME_TIMEOUT)
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<Vec<FrameValue>>(&b).ok())
+                        .filter(|vs| vs.len() == ks.len());
+                    (idx, answer)
+                }
+            });
+            for (idx, answer) in futures_util::future::join_all(calls).await {
+                counters.asked.add(idx.len() as u64);
+                let Some(values) = answer else { continue };
+                for (&i, v) in idx.iter().zip(values) {
+                    // A home without the debug file answers a negative; this pod may have it.
+                    if !v.is_negative() {
+                        out[i] = Some(v);
+                    }
+                }
+            }
+        }
+        let here: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+        if !here.is_empty() {
+            if let Some((_, counters)) = &self.homes {
+                let asked_home: usize = remote.iter().map(|(_, idx)| idx.len()).sum();
+                let fallback = here.len() + asked_home - keys.len();
+                counters.fallbacks.add(fallback as u64);
+            }
+            let ks: Vec<FrameKey> = here.iter().map(|&i| keys[i]).collect();
+            let values = (compute.borrow_mut())(&ks);
+            for (i, v) in here.into_iter().zip(values) {
+                out[i] = Some(v);
+            }
+        }
+        out.into_iter()
+            .map(|v| v.unwrap_or(FrameValue::Missing { at_ms: 0 }))
+            .collect()
     }
 }
 
@@ -157,17 +261,17 @@ impl SharedFrames for GridFrames {
         // The grid calls `compute` at most twice, one call after the other (never
         // concurrently): a RefCell lends it the caller's FnMut.
         let compute = RefCell::new(compute);
-        let answers = self
-            .runtime
-            .block_on(self.grid.get_or_compute_many(&grid_keys, |ks| {
-                let raw: Vec<FrameKey> = ks.iter().map(|k| k.0).collect();
-                let values = (compute.borrow_mut())(&raw);
-                let values: Vec<Option<GridFrameValue>> = values
-                    .into_iter()
-                    .map(|v| Some(GridFrameValue::new(v, ttl)))
-                    .collect();
-                std::future::ready(values)
-            }));
+        let compute = &compute;
+        let answers =
+            self.runtime
+                .block_on(self.grid.get_or_compute_many(&grid_keys, |ks| async move {
+                    let raw: Vec<FrameKey> = ks.iter().map(|k| k.0).collect();
+                    self.compute_at_homes(&raw, compute)
+                        .await
+                        .into_iter()
+                        .map(|v| Some(GridFrameValue::new(v, ttl)))
+                        .collect::<Vec<Option<GridFrameValue>>>()
+                }));
         // The grid answers every key `compute` answered; anything else is computed here.
         let mut out: Vec<Option<FrameValue>> =
             answers.into_iter().map(|a| a.map(|v| v.value)).collect();
@@ -203,6 +307,8 @@ impl SharedFrames for GridFrames {
 pub struct SharedCache {
     grid: FrameGrid,
     warm: AtomicBool,
+    cluster: cluster::Cluster,
+    home: Arc<HomeCounters>,
 }
 
 impl std::fmt::Debug for SharedCache {
@@ -229,14 +335,33 @@ impl SharedCache {
             ..GridConfig::default()
         };
         Ok(Self {
-            grid: Grid::start(cluster, config)?,
+            grid: Grid::start(cluster.clone(), config)?,
             warm: AtomicBool::new(false),
+            cluster,
+            home: Arc::new(HomeCounters::default()),
         })
     }
 
     /// The grid.
     pub fn grid(&self) -> &FrameGrid {
         &self.grid
+    }
+
+    /// Registers the home computation service (`symbolicate.compute`, see the module docs)
+    /// for `symbolicator` on this pod's cluster.
+    pub fn serve_home(&self, symbolicator: Symbolicator) {
+        self.cluster.register(
+            HOME_SERVICE,
+            Arc::new(HomeService {
+                symbolicator,
+                counters: self.home.clone(),
+            }),
+        );
+    }
+
+    /// Frames computed at their debug file's home.
+    pub fn home_counters(&self) -> &HomeCounters {
+        &self.home
     }
 
     /// Whether the grid has been cluster safe at least once (see the module docs).
@@ -444,11 +569,88 @@ pub fn render_metrics(e: &mut Exposition, s: &GridStatsSnapshot, near: Option<Fr
 
 /// Builds the [`GridFrames`] of `cache` for the runtime of the caller (call within it).
 pub fn bridge(cache: &SharedCache, negative_ttl: Duration) -> Arc<dyn SharedFrames> {
-    Arc::new(GridFrames::new(
-        cache.grid.clone(),
-        tokio::runtime::Handle::current(),
-        negative_ttl,
-    ))
+    Arc::new(
+        GridFrames::new(
+            cache.grid.clone(),
+            tokio::runtime::Handle::current(),
+            negative_ttl,
+        )
+        .with_homes(cache.cluster.clone(), cache.home.clone()),
+    )
+}
+
+/// The RPC prefix of the home computation (`symbolicate.compute`).
+pub const HOME_SERVICE: &str = "symbolicate";
+const HOME_COMPUTE: &str = "symbolicate.compute";
+
+/// How long a pod waits for a home's frames before computing them itself: below the grid's
+/// claim timeout (5 s), so pods waiting on this pod's claims get its values rather than
+/// computing in parallel; a conversion of a game-sized debug file takes about a second.
+const HOME_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The home of a debug file: the owner of the grid partition its debug id hashes to.
+fn home_of<'t>(table: &'t PartitionTable, debug_id: &symbolicate::DebugId) -> Option<&'t str> {
+    let mut h = StableHasher::new();
+    h.write_raw(b"home");
+    h.write_raw(debug_id.uuid().as_bytes());
+    h.write_u32(debug_id.appendix());
+    table.owner(table.partition_of(h.finish()))
+}
+
+/// Frames computed at their debug file's home.
+#[derive(Debug, Default)]
+pub struct HomeCounters {
+    /// Frames this pod asked a home to compute.
+    pub asked: Counter,
+    /// Frames this pod computed for other pods, as their home.
+    pub served: Counter,
+    /// Frames this pod computed itself although another pod is their home (the home failed,
+    /// timed out or lacks the debug file).
+    pub fallbacks: Counter,
+}
+
+/// The `crashgrid_grid_home_frames_total` metric.
+pub fn render_home(e: &mut Exposition, c: &HomeCounters) {
+    let mut sides = BTreeMap::new();
+    sides.insert("asked".to_string(), c.asked.get());
+    sides.insert("served".to_string(), c.served.get());
+    sides.insert("fallback".to_string(), c.fallbacks.get());
+    e.labeled(
+        "crashgrid_grid_home_frames_total",
+        "counter",
+        "Frames computed at their debug file's home pod: asked (sent by this pod to another \
+         pod), served (computed here for other pods), fallback (computed here after the home \
+         failed, timed out or lacked the debug file).",
+        "side",
+        &sides,
+    );
+}
+
+/// `symbolicate.compute`: the frame values of the keys in the body, computed here with the
+/// SymCaches on a blocking thread (CPU work off the I/O runtime).
+struct HomeService {
+    symbolicator: Symbolicator,
+    counters: Arc<HomeCounters>,
+}
+
+impl Handler for HomeService {
+    fn handle(&self, method: &str, body: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, RpcError>> {
+        if method != HOME_COMPUTE {
+            let method = method.to_string();
+            return Box::pin(async move { Err(RpcError::Remote(format!("no method {method}"))) });
+        }
+        let symbolicator = self.symbolicator.clone();
+        let counters = self.counters.clone();
+        Box::pin(async move {
+            let keys: Vec<FrameKey> = serde_json::from_slice(&body)
+                .map_err(|e| RpcError::Remote(format!("invalid frame keys: {e}")))?;
+            counters.served.add(keys.len() as u64);
+            let values = tokio::task::spawn_blocking(move || symbolicator.compute_frames(&keys))
+                .await
+                .map_err(|e| RpcError::Remote(format!("computing frames: {e}")))?;
+            serde_json::to_vec(&values).map_err(|e| RpcError::Remote(format!("encoding: {e}")))
+        })
+    }
 }
 
 #[cfg(test)]

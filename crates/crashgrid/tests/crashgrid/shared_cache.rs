@@ -275,7 +275,14 @@ async fn a_frame_computed_on_one_pod_is_served_on_another_without_recomputation(
     post(&c, 0, &events("a")).await;
     until_processed(&c, 0, 4.0).await;
     let a = counters(&c, 0).await;
-    assert_eq!(a.conversions, 1.0, "A converted the debug file: {a:?}");
+    let mut converted = 0.0;
+    for i in 0..3 {
+        converted += counters(&c, i).await.conversions;
+    }
+    assert_eq!(
+        converted, 1.0,
+        "the debug file's home converted it, once: {a:?}"
+    );
     // Distinct frames: 4 crash sites + game_loop as a caller (absolute and relative are the
     // same key) + the rel+1 variant.
     assert!(a.computations >= 5.0, "A computed the frames: {a:?}");
@@ -283,7 +290,11 @@ async fn a_frame_computed_on_one_pod_is_served_on_another_without_recomputation(
     post(&c, 1, &events("b")).await;
     until_processed(&c, 1, 4.0).await;
     let b = counters(&c, 1).await;
-    assert_eq!(b.conversions, 0.0, "B converted nothing: {b:?}");
+    let mut converted_after = 0.0;
+    for i in 0..3 {
+        converted_after += counters(&c, i).await.conversions;
+    }
+    assert_eq!(converted_after, 1.0, "B's crashes converted nothing: {b:?}");
     assert_eq!(b.computations, 0.0, "B computed nothing: {b:?}");
     assert_eq!(
         b.answered(),
@@ -328,6 +339,58 @@ async fn a_frame_computed_on_one_pod_is_served_on_another_without_recomputation(
     );
 }
 
+/// Rule (homes): the frames of a debug file are computed on one pod, its home (the owner of
+/// the partition its debug id hashes to), whichever pod meets them: in a cold cluster every
+/// debug file is converted once in all, not once per pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_debug_file_is_converted_once_in_a_cold_cluster() {
+    let c = ProcCluster::start(3, &[]).await;
+    for i in 0..3 {
+        until_ready(&c, i, Duration::from_secs(30)).await;
+        upload_demo(&c, i).await;
+    }
+    let world = DemoWorld::new(SEED);
+    let events = demo_events(&world, "cold", 0, 3);
+    let modules: std::collections::HashSet<_> = events
+        .iter()
+        .flat_map(|e| e.modules.iter().filter_map(|m| m.debug_id))
+        .collect();
+    // Every pod gets a third of the crash groups, all at once.
+    let thirds: Vec<Vec<CrashEvent>> = (0..3)
+        .map(|i| events.iter().skip(i).step_by(3).cloned().collect())
+        .collect();
+    futures_util::future::join_all(thirds.iter().enumerate().map(|(i, part)| post(&c, i, part)))
+        .await;
+    for (i, part) in thirds.iter().enumerate() {
+        until_processed(&c, i, part.len() as f64).await;
+    }
+    let (mut converted, mut asked, mut served, mut fallback) = (0.0, 0.0, 0.0, 0.0);
+    for i in 0..3 {
+        converted += counters(&c, i).await.conversions;
+        let m = c.metrics(i).await.unwrap();
+        let get = |side: &str| {
+            m.get(&format!(
+                "crashgrid_grid_home_frames_total{{side=\"{side}\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+        };
+        asked += get("asked");
+        served += get("served");
+        fallback += get("fallback");
+    }
+    assert!(
+        converted <= modules.len() as f64,
+        "{converted} conversions for {} debug files",
+        modules.len()
+    );
+    assert!(
+        asked > 0.0 && served == asked,
+        "asked {asked}, served {served}"
+    );
+    assert_eq!(fallback, 0.0);
+}
+
 /// Rule: kill -9 of the pod that computed every frame loses no entry: the survivors answer
 /// every frame from the grid (owner or backup) and compute nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,6 +406,11 @@ async fn kill_9_of_a_pod_loses_no_entry() {
     until_processed(&c, 0, first.len() as f64).await;
     let a = counters(&c, 0).await;
     assert!(a.computations > 1000.0, "{a:?}");
+    // Pods 1 and 2 converted what they are the home of, for pod 0.
+    let converted_before = [
+        counters(&c, 1).await.conversions,
+        counters(&c, 2).await.conversions,
+    ];
 
     c.nodes[0].kill9();
     c.converged(2, Duration::from_secs(30)).await;
@@ -356,7 +424,12 @@ async fn kill_9_of_a_pod_loses_no_entry() {
     for i in [1, 2] {
         let s = counters(&c, i).await;
         assert_eq!(s.computations, 0.0, "{}: {s:?}", c.nodes[i].id);
-        assert_eq!(s.conversions, 0.0, "{}: {s:?}", c.nodes[i].id);
+        assert_eq!(
+            s.conversions,
+            converted_before[i - 1],
+            "{}: no conversion after the kill: {s:?}",
+            c.nodes[i].id
+        );
         assert!(s.answered() > 500.0, "{}: {s:?}", c.nodes[i].id);
         assert!(s.symbolicated_frames > 1000.0, "{}: {s:?}", c.nodes[i].id);
     }
