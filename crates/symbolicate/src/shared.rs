@@ -61,8 +61,8 @@ use crate::cache::CacheError;
 use crate::event::CrashEvent;
 use crate::store::{IndexChange, StoreError, StoredFile};
 use crate::symbolicator::{
-    caller_address, frame_address, lookup_in, EventMeta, FrameStatus, ModuleReport, SourceFrame,
-    SymbolicatedCrash, SymbolicatedFrame, SymbolicatedThread, Symbolicator,
+    caller_address, lookup_in, push_found, unresolved_frame, EventMeta, FrameStatus, ModuleReport,
+    SourceFrame, SymbolicatedCrash, SymbolicatedFrame, SymbolicatedThread, Symbolicator,
 };
 
 /// The key of one frame lookup in a shared cache (see the module docs).
@@ -357,26 +357,13 @@ impl Symbolicator {
         for thread in &event.threads {
             let mut thread_slots = Vec::with_capacity(thread.frames.len());
             for (index, frame) in thread.frames.iter().enumerate() {
-                let (abs, module_index) = frame_address(&event.modules, frame);
-                let base = SymbolicatedFrame {
-                    status: FrameStatus::UnknownImage,
-                    original_index: index,
-                    instruction_addr: abs,
-                    module_index,
-                    lookup_addr: None,
-                    package: None,
-                    source: None,
-                };
-                let Some(mi) = module_index else {
+                let base = unresolved_frame(&event.modules, index, frame);
+                let abs = base.instruction_addr;
+                let Some(mi) = base.module_index else {
                     thread_slots.push(Slot::Done(base));
                     continue;
                 };
                 let module = &event.modules[mi];
-                let base = SymbolicatedFrame {
-                    status: FrameStatus::MissingSymbol,
-                    package: module.code_file.clone(),
-                    ..base
-                };
                 let Some(debug_id) = module.debug_id else {
                     thread_slots.push(Slot::Done(base));
                     continue;
@@ -416,20 +403,7 @@ impl Symbolicator {
                             lookup_addr,
                             frames: sources,
                             ..
-                        } if !sources.is_empty() => {
-                            for source in sources.iter() {
-                                frames.push(SymbolicatedFrame {
-                                    status: FrameStatus::Symbolicated,
-                                    lookup_addr: Some(*lookup_addr),
-                                    source: Some(source.clone()),
-                                    ..base.clone()
-                                });
-                            }
-                        }
-                        FrameValue::Found { lookup_addr, .. } => frames.push(SymbolicatedFrame {
-                            lookup_addr: Some(*lookup_addr),
-                            ..base
-                        }),
+                        } => push_found(&mut frames, base, *lookup_addr, sources),
                         FrameValue::Missing { .. } => frames.push(base),
                         FrameValue::Malformed { .. } => frames.push(SymbolicatedFrame {
                             status: FrameStatus::Malformed,

@@ -303,6 +303,58 @@ pub(crate) fn lookup_in(cache: &SymReader<'_>, names: &NameMemo, addr: u64) -> V
     frames
 }
 
+/// A reported frame before any lookup: in no module (`unknown_image`), or in its module without
+/// symbols yet (`missing_symbol`, the module's code file as package).
+pub(crate) fn unresolved_frame(
+    modules: &[Module],
+    index: usize,
+    frame: &Frame,
+) -> SymbolicatedFrame {
+    let (abs, module_index) = frame_address(modules, frame);
+    let base = SymbolicatedFrame {
+        status: FrameStatus::UnknownImage,
+        original_index: index,
+        instruction_addr: abs,
+        module_index,
+        lookup_addr: None,
+        package: None,
+        source: None,
+    };
+    match module_index {
+        Some(mi) => SymbolicatedFrame {
+            status: FrameStatus::MissingSymbol,
+            package: modules[mi].code_file.clone(),
+            ..base
+        },
+        None => base,
+    }
+}
+
+/// Appends what a lookup at `lookup_addr` found for `base`: one symbolicated frame per source
+/// frame (inlined ones first), or `base` with the address when no symbol covers it.
+pub(crate) fn push_found(
+    frames: &mut Vec<SymbolicatedFrame>,
+    base: SymbolicatedFrame,
+    lookup_addr: u64,
+    sources: &[SourceFrame],
+) {
+    if sources.is_empty() {
+        frames.push(SymbolicatedFrame {
+            lookup_addr: Some(lookup_addr),
+            ..base
+        });
+        return;
+    }
+    for source in sources {
+        frames.push(SymbolicatedFrame {
+            status: FrameStatus::Symbolicated,
+            lookup_addr: Some(lookup_addr),
+            source: Some(source.clone()),
+            ..base.clone()
+        });
+    }
+}
+
 /// Symbolicates frames and events against the SymCaches of a symbol store, optionally through
 /// a near cache ([`FrameCache`]) and a cache shared by the pods of a cluster
 /// ([`SharedFrames`], see `shared.rs`). Clones share both caches.
@@ -466,26 +518,13 @@ impl Symbolicator {
         for thread in &event.threads {
             let mut frames = Vec::with_capacity(thread.frames.len());
             for (index, frame) in thread.frames.iter().enumerate() {
-                let (abs, module_index) = frame_address(&event.modules, frame);
-                let base = SymbolicatedFrame {
-                    status: FrameStatus::UnknownImage,
-                    original_index: index,
-                    instruction_addr: abs,
-                    module_index,
-                    lookup_addr: None,
-                    package: None,
-                    source: None,
-                };
-                let Some(mi) = module_index else {
+                let base = unresolved_frame(&event.modules, index, frame);
+                let abs = base.instruction_addr;
+                let Some(mi) = base.module_index else {
                     frames.push(base);
                     continue;
                 };
                 let module = &event.modules[mi];
-                let base = SymbolicatedFrame {
-                    status: FrameStatus::MissingSymbol,
-                    package: module.code_file.clone(),
-                    ..base
-                };
                 let Some(debug_id) = module.debug_id else {
                     frames.push(base);
                     continue;
@@ -512,20 +551,7 @@ impl Symbolicator {
                     caller_address(cache.arch(), abs, crashing).wrapping_sub(module.image_addr);
                 let result = self.lookup_cached(&debug_id, cache, rel);
                 match result {
-                    Ok(sources) if !sources.is_empty() => {
-                        for source in sources.iter() {
-                            frames.push(SymbolicatedFrame {
-                                status: FrameStatus::Symbolicated,
-                                lookup_addr: Some(rel),
-                                source: Some(source.clone()),
-                                ..base.clone()
-                            });
-                        }
-                    }
-                    Ok(_) => frames.push(SymbolicatedFrame {
-                        lookup_addr: Some(rel),
-                        ..base
-                    }),
+                    Ok(sources) => push_found(&mut frames, base, rel, &sources),
                     Err(_) => frames.push(SymbolicatedFrame {
                         status: FrameStatus::Malformed,
                         ..base
