@@ -86,6 +86,34 @@ async fn processed(pods: &[NatsPod], target: f64, nats: bool) -> Instant {
     done
 }
 
+/// Three publishers (as three loadgens feed HTTP) to `url` for `seconds`, as fast as the broker
+/// acknowledges; every event must be published. Returns the events published.
+async fn publish(url: &str, seconds: u64) -> u64 {
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(loadgen_nats::run(
+                NatsLoadgenConfig {
+                    url: url.to_string(),
+                    rate: 0,
+                    duration: Duration::from_secs(seconds),
+                    batch: EVENTS_PER_MESSAGE,
+                    seed: SEED,
+                    in_flight: IN_FLIGHT,
+                    ..Default::default()
+                },
+                std::future::pending(),
+            ))
+        })
+        .collect();
+    let mut published = 0;
+    for r in runs {
+        let report = r.await.unwrap().unwrap();
+        assert_eq!(report.failed + report.unsent, 0, "{report}");
+        published += report.published;
+    }
+    published
+}
+
 fn main() {
     let seconds: u64 = env_or("BENCH_SECONDS", 10);
     let burst: u64 = env_or("BENCH_BURST", 30_000);
@@ -181,28 +209,7 @@ fn main() {
         // acknowledges; the pods pull.
         let before = sum(&pods, "crashgrid_crashes_processed_total").await;
         let started = Instant::now();
-        let runs: Vec<_> = (0..3)
-            .map(|_| {
-                tokio::spawn(loadgen_nats::run(
-                    NatsLoadgenConfig {
-                        url: nats.url(),
-                        rate: 0,
-                        duration: Duration::from_secs(seconds),
-                        batch: EVENTS_PER_MESSAGE,
-                        seed: SEED,
-                        in_flight: IN_FLIGHT,
-                        ..Default::default()
-                    },
-                    std::future::pending(),
-                ))
-            })
-            .collect();
-        let mut published = 0;
-        for r in runs {
-            let report = r.await.unwrap().unwrap();
-            assert_eq!(report.failed + report.unsent, 0, "{report}");
-            published += report.published;
-        }
+        let published = publish(&nats.url(), seconds).await;
         let published_in = started.elapsed().as_secs_f64();
         let done = processed(&pods, before + published as f64, true).await;
         let nats_secs = (done - started).as_secs_f64();
@@ -220,28 +227,7 @@ fn main() {
         let fill_port = harness::pick_port();
         let filler = nats.spawn_on(fill_port);
         let filled = Instant::now();
-        let runs: Vec<_> = (0..3)
-            .map(|_| {
-                tokio::spawn(loadgen_nats::run(
-                    NatsLoadgenConfig {
-                        url: format!("nats://127.0.0.1:{fill_port}"),
-                        rate: 0,
-                        duration: Duration::from_secs(seconds),
-                        batch: EVENTS_PER_MESSAGE,
-                        seed: SEED,
-                        in_flight: IN_FLIGHT,
-                        ..Default::default()
-                    },
-                    std::future::pending(),
-                ))
-            })
-            .collect();
-        let mut backlog = 0;
-        for r in runs {
-            let report = r.await.unwrap().unwrap();
-            assert_eq!(report.failed + report.unsent, 0, "{report}");
-            backlog += report.published;
-        }
+        let backlog = publish(&format!("nats://127.0.0.1:{fill_port}"), seconds).await;
         let fill_secs = filled.elapsed().as_secs_f64();
         harness::terminate_child(filler);
         let before_drain = sum(&pods, "crashgrid_crashes_processed_total").await;
