@@ -189,9 +189,9 @@ impl GridFrames {
         compute: &LentCompute<'_>,
     ) -> Vec<FrameValue> {
         let mut out: Vec<Option<FrameValue>> = vec![None; keys.len()];
-        let mut remote: Vec<(SocketAddr, Vec<usize>)> = Vec::new();
-        if let (Some((cluster, _)), Some(table)) = (&self.homes, self.grid.table()) {
+        if let (Some((cluster, counters)), Some(table)) = (&self.homes, self.grid.table()) {
             let me = &cluster.me().id;
+            let mut remote: Vec<(SocketAddr, Vec<usize>)> = Vec::new();
             for (i, k) in keys.iter().enumerate() {
                 let Some(addr) = home_of(&table, &k.debug_id)
                     .filter(|id| id != me)
@@ -204,8 +204,6 @@ impl GridFrames {
                     None => remote.push((addr, vec![i])),
                 }
             }
-        }
-        if let Some((cluster, counters)) = &self.homes {
             let calls = remote.iter().map(|(addr, idx)| {
                 let ks: Vec<FrameKey> = idx.iter().map(|&i| keys[i]).collect();
                 async move {
@@ -222,10 +220,15 @@ impl GridFrames {
             });
             for (idx, answer) in futures_util::future::join_all(calls).await {
                 counters.asked.add(idx.len() as u64);
-                let Some(values) = answer else { continue };
+                let Some(values) = answer else {
+                    counters.fallbacks.add(idx.len() as u64);
+                    continue;
+                };
                 for (&i, v) in idx.iter().zip(values) {
                     // A home without the debug file answers a negative; this pod may have it.
-                    if !v.is_negative() {
+                    if v.is_negative() {
+                        counters.fallbacks.inc();
+                    } else {
                         out[i] = Some(v);
                     }
                 }
@@ -233,11 +236,6 @@ impl GridFrames {
         }
         let here: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
         if !here.is_empty() {
-            if let Some((_, counters)) = &self.homes {
-                let asked_home: usize = remote.iter().map(|(_, idx)| idx.len()).sum();
-                let fallback = here.len() + asked_home - keys.len();
-                counters.fallbacks.add(fallback as u64);
-            }
             let ks: Vec<FrameKey> = here.iter().map(|&i| keys[i]).collect();
             let values = (compute.borrow_mut())(&ks);
             for (i, v) in here.into_iter().zip(values) {
