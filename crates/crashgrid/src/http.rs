@@ -314,10 +314,10 @@ async fn post_crashes(
         }
     };
     metrics.received.add(events.len() as u64);
-    let (counted_tx, counted_rx) = tokio::sync::oneshot::channel::<()>();
+    let (counted_tx, counted_rx) = tokio::sync::oneshot::channel::<crate::node::Outcome>();
     let submitted = if wait_counted {
-        let on_ack: crate::node::AckCallback = Box::new(move || {
-            let _ = counted_tx.send(());
+        let on_ack: crate::node::AckCallback = Box::new(move |outcome| {
+            let _ = counted_tx.send(outcome);
         });
         state.node.submit_with_ack(events, on_ack)
     } else {
@@ -330,7 +330,7 @@ async fn post_crashes(
             // will be counted: retrying would count them twice).
             let counted = tokio::time::timeout(state.config.counted_wait, counted_rx)
                 .await
-                .is_ok_and(|r| r.is_ok());
+                .is_ok_and(|r| r == Ok(crate::node::Outcome::Counted));
             let status = if counted {
                 StatusCode::OK
             } else {

@@ -137,13 +137,27 @@ struct Job {
     events: Vec<CrashEvent>,
 }
 
-/// Called once when every event of a submitted batch is acknowledged (see
+/// How a submitted batch ended (see [`Node::submit_with_ack`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every event is counted for good: accepted by the leader (and, for the leader's own
+    /// events, held by its standby's replica).
+    Counted,
+    /// At least one job's statistics left the window before any leader accepted them: the
+    /// batch is *not* counted. An HTTP waiter answers `counted: false`; a source should
+    /// redeliver.
+    Expired,
+}
+
+/// Called once when every job of a submitted batch has an outcome (see
 /// [`Node::submit_with_ack`]).
-pub type AckCallback = Box<dyn FnOnce() + Send>;
+pub type AckCallback = Box<dyn FnOnce(Outcome) + Send>;
 
 /// The jobs of one batch still unacknowledged, and what to call when none is left.
 struct AckGroup {
     remaining: AtomicUsize,
+    /// Set when one of its jobs expired unacknowledged.
+    expired: std::sync::atomic::AtomicBool,
     callback: Mutex<Option<AckCallback>>,
 }
 
@@ -193,14 +207,32 @@ impl Backlog {
         }
     }
 
+    /// The job is counted for good.
     fn ack(&self, seq: u64) {
+        self.finish(seq, Outcome::Counted);
+    }
+
+    /// The job left the window without being accepted: it ends, but its batch is not
+    /// reported as counted.
+    fn expire(&self, seq: u64) {
+        self.finish(seq, Outcome::Expired);
+    }
+
+    fn finish(&self, seq: u64, outcome: Outcome) {
         let entry = self.jobs.lock().remove(&seq);
         if let Some(entry) = entry {
             self.inflight.fetch_sub(entry.events, Ordering::AcqRel);
             if let Some(group) = entry.group {
+                if outcome == Outcome::Expired {
+                    group.expired.store(true, Ordering::Release);
+                }
                 if group.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                     if let Some(callback) = group.callback.lock().take() {
-                        callback();
+                        callback(if group.expired.load(Ordering::Acquire) {
+                            Outcome::Expired
+                        } else {
+                            Outcome::Counted
+                        });
                     }
                 }
             }
@@ -507,12 +539,13 @@ impl Node {
         on_ack: AckCallback,
     ) -> Result<usize, Overloaded> {
         if events.is_empty() {
-            on_ack();
+            on_ack(Outcome::Counted);
             return Ok(0);
         }
         let jobs = events.len().div_ceil(JOB_EVENTS);
         let group = Arc::new(AckGroup {
             remaining: AtomicUsize::new(jobs),
+            expired: Default::default(),
             callback: Mutex::new(Some(on_ack)),
         });
         self.submit_inner(events, Some(group))
@@ -947,6 +980,11 @@ impl Node {
                 "crashgrid_stats_replica_failures_total",
                 "Failed replications of the leader's statistics to its standby.",
                 &x.replica_failed,
+            ),
+            (
+                "crashgrid_stats_replica_refused_slices_total",
+                "Slices this node's replica refused (too far ahead of its clock); the leader keeps their jobs unacknowledged.",
+                &x.replica_refused,
             ),
             (
                 "crashgrid_stats_windows_collected_total",

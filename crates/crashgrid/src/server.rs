@@ -57,9 +57,13 @@ pub async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // The statistics exchange keeps running while HTTP drains: a `?wait=counted` request in
+    // flight is answered by an exchange round, so stopping the exchange first would hold
+    // every such request for its whole `counted_wait` and then answer `counted: false`.
+    let (publisher_stop_tx, publisher_stop_rx) = watch::channel(false);
     let publisher = tokio::spawn(
         node.clone()
-            .run_publisher(settings.publish_interval, stopped(stop_rx.clone())),
+            .run_publisher(settings.publish_interval, stopped(publisher_stop_rx)),
     );
     // The NATS source (when configured) pulls once the node runs and stops pulling when
     // shutdown begins, before the node shuts down; its task ends once the messages it
@@ -106,6 +110,7 @@ pub async fn serve(
         tracing::info!("shutting down: finishing open requests and accepted events");
     };
     http::run(listener, router, http_shutdown).await?;
+    let _ = publisher_stop_tx.send(true);
     let _ = publisher.await;
     let n = node.clone();
     tokio::task::spawn_blocking(move || n.shutdown()).await?;

@@ -234,6 +234,7 @@ pub struct Reducer {
     versions: HashMap<(String, u64), u64>,
     backlogs: BTreeMap<String, (PodBacklog, u64)>,
     late: u64,
+    refused: u64,
     /// Per second, the merge of every pod's partial; recomputed only for seconds that changed
     /// since the last snapshot (a snapshot then merges 300 partials, not 300 × pods).
     merged: BTreeMap<u64, Partial>,
@@ -249,6 +250,7 @@ impl Reducer {
             versions: HashMap::new(),
             backlogs: BTreeMap::new(),
             late: 0,
+            refused: 0,
             merged: BTreeMap::new(),
             dirty: BTreeSet::new(),
         })
@@ -262,8 +264,10 @@ impl Reducer {
     /// Stores a pod's message: each slice replaces what the pod sent for that second before,
     /// unless a newer version is already held. Answers with what is now held.
     ///
-    /// Slices outside the window are acknowledged (there is nothing to count them in any
+    /// Slices older than the window are acknowledged (there is nothing to count them in any
     /// more; the pod must not resend them forever) and counted in [`late`](Self::late).
+    /// Slices too far ahead of the reducer's clock (beyond `max_future_seconds`) are *not*
+    /// in the answer: the pod keeps them unacknowledged and sends them again.
     pub fn accept(
         &mut self,
         message: PartialsMessage,
@@ -284,7 +288,14 @@ impl Reducer {
 
     /// Stores a message whatever its epoch (replicas, windows collected by a new leader);
     /// returns the `(second, version)` pairs held for the pod afterwards.
+    ///
+    /// The window first moves to `now_second` (a replica that only ever absorbs must follow
+    /// time, or every second beyond its start + `max_future_seconds` would be refused). A
+    /// slice the window refuses as too new is left out of the answer, so a caller can tell
+    /// "held" from "refused": an answer shorter than the message means something was not
+    /// kept.
     pub fn absorb(&mut self, message: PartialsMessage, now_second: u64) -> Vec<(u64, u64)> {
+        self.advance(now_second);
         let pod = message.pod;
         self.backlogs
             .insert(pod.clone(), (message.backlog, now_second));
@@ -301,6 +312,11 @@ impl Reducer {
                 Ok(_) => {
                     self.versions.insert(key, s.version);
                     self.dirty.insert(s.second);
+                }
+                Err(StatsError::TooNew { .. }) => {
+                    // Not held: the sender must keep it and try again.
+                    self.refused += 1;
+                    continue;
                 }
                 Err(_) => self.late += crashes,
             }
@@ -396,6 +412,12 @@ impl Reducer {
     /// Crashes in slices that arrived after their second left the window.
     pub fn late(&self) -> u64 {
         self.late
+    }
+
+    /// Slices refused so far as too far ahead of this reducer's clock (left unacknowledged;
+    /// the sender retries them).
+    pub fn refused(&self) -> u64 {
+        self.refused
     }
 
     /// Stored (pod, second) partials.

@@ -862,3 +862,59 @@ fn reducer_snapshots_equal_a_keyed_window_of_the_latest_partials() {
         }
     }
 }
+
+/// Regression (issue: a killed leader lost crashes it had answered "counted"): a replica that
+/// only ever absorbs must follow time. Created at `T` and fed for ten minutes, it holds every
+/// second the leader holds, long after `T + max_future_seconds`.
+#[test]
+fn a_replica_that_only_absorbs_keeps_up_with_time_for_minutes() {
+    let config = WindowConfig::default();
+    let mut leader = Reducer::new(config.clone(), T, 0).unwrap();
+    let mut replica = Reducer::new(config.clone(), T, 0).unwrap();
+    let mut pod: Outbox<u64> = Outbox::new(300);
+    for s in 0..600u64 {
+        pod.record(T + s, &one(T + s, s % 7, s as u32), s);
+        let m = pod.message("leader-pod", 0, PodBacklog::default());
+        let slices = m.slices.len();
+        let held = replica.absorb(m.clone(), T + s);
+        assert_eq!(held.len(), slices, "the replica refused a slice at T+{s}");
+        let ack = leader.accept(m, T + s).unwrap();
+        pod.on_accepted(&ack);
+    }
+    assert_eq!(replica.refused(), 0);
+    assert_eq!(replica.late(), 0);
+    let mut promoted = Reducer::new(config, T + 599, 1).unwrap();
+    for m in replica.export() {
+        promoted.absorb(m, T + 599);
+    }
+    assert_eq!(promoted.snapshot(T + 599), leader.snapshot(T + 599));
+    assert_eq!(promoted.snapshot(T + 599).total, 300);
+}
+
+/// "Any Ok over a rejection" is a lie to the sender: a slice beyond the reducer's
+/// `max_future_seconds` is not in the answer, so the pod keeps its job and sends it again,
+/// and it is counted once the reducer's clock reaches it.
+#[test]
+fn a_slice_too_far_ahead_is_not_acknowledged_and_is_counted_when_time_comes() {
+    let config = WindowConfig::default();
+    let ahead = config.max_future_seconds + 5;
+    let mut leader = Reducer::new(config, T, 0).unwrap();
+    let mut pod: Outbox<u32> = Outbox::new(300);
+    pod.record(T + ahead, &one(T + ahead, 1, 1), 7);
+    let ack = leader
+        .accept(pod.message("p", 0, PodBacklog::default()), T)
+        .unwrap();
+    assert!(
+        ack.slices.is_empty(),
+        "a refused slice must not be acknowledged"
+    );
+    assert!(pod.on_accepted(&ack).is_empty());
+    assert_eq!(leader.refused(), 1);
+    assert_eq!(leader.late(), 0, "refused is not late: it is sent again");
+    // Time comes; the resend is held, acknowledged and counted once.
+    let ack = leader
+        .accept(pod.message("p", 0, PodBacklog::default()), T + ahead)
+        .unwrap();
+    assert_eq!(pod.on_accepted(&ack), vec![7]);
+    assert_eq!(leader.snapshot(T + ahead).total, 1);
+}

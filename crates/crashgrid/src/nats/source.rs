@@ -760,12 +760,20 @@ async fn handle(
         let ids = ids.clone();
         let acks = acks.clone();
         let unacked = shared.unacked_events.clone();
-        // Runs on a node thread once the events are counted for good.
-        Box::new(move || {
+        let owner = shared.clone();
+        // Runs on a node thread once the events are counted for good (ack), or once their
+        // statistics left the window uncounted (nak: a redelivery counts them late rather
+        // than never).
+        Box::new(move |outcome: crate::node::Outcome| {
             let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-            seen.accept(&refs);
             unacked.fetch_sub(refs.len() as u64, Ordering::Relaxed);
-            let _ = acks.send(AckCmd::Answer(token, AckKind::Ack));
+            if outcome == crate::node::Outcome::Counted {
+                seen.accept(&refs);
+                let _ = acks.send(AckCmd::Answer(token, AckKind::Ack));
+            } else {
+                seen.release(&refs);
+                owner.nak(&acks, token, "expired_uncounted", None);
+            }
         })
     };
     shared.unacked_events.fetch_add(n, Ordering::Relaxed);

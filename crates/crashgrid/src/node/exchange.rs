@@ -59,6 +59,7 @@ pub(super) struct ExchangeCounters {
     pub(super) snapshots_received: Counter,
     pub(super) snapshots_rejected: Counter,
     pub(super) replica_failed: Counter,
+    pub(super) replica_refused: Counter,
     pub(super) collected: Counter,
     pub(super) expired_unacknowledged: Counter,
 }
@@ -134,7 +135,9 @@ impl Node {
                 jobs = expired.len(),
                 "statistics for jobs older than the window were never accepted by a leader"
             );
-            self.release(expired);
+            for seq in expired {
+                self.inner.backlog.expire(seq);
+            }
         }
         let me = self.inner.config.node_id.clone();
         let Some(link) = self.inner.cluster.get() else {
@@ -437,7 +440,17 @@ impl StatsService {
                     f.check(message.epoch)
                         .map_err(|e| RpcError::Remote(e.to_string()))?;
                 }
-                ex.replica.lock().absorb(message, now);
+                // The leader releases its own jobs on this answer: it must say "held" only
+                // for what is held where a failover will find it.
+                let slices = message.slices.len();
+                let held = ex.replica.lock().absorb(message, now).len();
+                if held < slices {
+                    ex.counters.replica_refused.add((slices - held) as u64);
+                    return Err(RpcError::Remote(format!(
+                        "the replica refused {} of {slices} slices (too far ahead of its clock)",
+                        slices - held
+                    )));
+                }
                 encode_json(&())
             }
             "stats.collect" => {

@@ -1,5 +1,6 @@
 //! Integration tests of the crashgrid node over real HTTP and WebSocket on loopback.
 
+mod acked;
 mod distributed;
 mod election;
 mod harness;
