@@ -575,22 +575,35 @@ async fn a_dead_members_claims_are_dropped_by_their_coordinators() {
         .iter()
         .all(|o| *o == ClaimOutcome::Pending));
     sim.kill(2);
+    // The two coordinators notice the death at their own instants, so keys free up in two
+    // waves: each key is Pending until its coordinator drops the dead claim, then Claimed by
+    // the survivor exactly once (a key it holds itself is Pending again, so it leaves the set).
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let outcomes = survivor.claim_many(&ks).await;
-        if outcomes.iter().all(|o| *o == ClaimOutcome::Claimed) {
-            break;
+    let mut waiting = ks.clone();
+    while !waiting.is_empty() {
+        let outcomes = survivor.claim_many(&waiting).await;
+        let mut still = Vec::new();
+        for (k, o) in waiting.iter().zip(&outcomes) {
+            match o {
+                ClaimOutcome::Claimed => {}
+                ClaimOutcome::Pending => still.push(k.clone()),
+                other => panic!("{k}: {other:?} while the dead member's claim was held"),
+            }
         }
-        assert!(
-            outcomes.iter().all(|o| *o == ClaimOutcome::Pending),
-            "{outcomes:?}"
-        );
+        waiting = still;
         assert!(
             Instant::now() < deadline,
-            "the dead member's claims were never dropped"
+            "the dead member's claims on {waiting:?} were never dropped"
         );
         tokio::time::sleep(ms(100)).await;
     }
+    // Every key is now held by the survivor: nobody else may claim it.
+    assert!(sim.nodes[1]
+        .grid
+        .claim_many(&ks)
+        .await
+        .iter()
+        .all(|o| *o == ClaimOutcome::Pending));
 }
 
 // -------------------------------------------------------------------------------------------
