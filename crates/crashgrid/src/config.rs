@@ -43,6 +43,20 @@ pub struct ServeArgs {
     /// Largest debug file upload in bytes [default: 536870912]
     #[arg(long, env = "CRASHGRID_MAX_DEBUG_FILE_BYTES")]
     pub max_debug_file_bytes: Option<usize>,
+    /// Milliseconds a connection may take to send a request head, and may stay idle between
+    /// kept-alive requests [default: 15000]
+    #[arg(long, env = "CRASHGRID_HTTP_HEADER_TIMEOUT_MS")]
+    pub http_header_timeout_ms: Option<u64>,
+    /// Milliseconds a crash request body may take to arrive (debug-file uploads: 20 times
+    /// this) [default: 30000]
+    #[arg(long, env = "CRASHGRID_HTTP_BODY_TIMEOUT_MS")]
+    pub http_body_timeout_ms: Option<u64>,
+    /// Most open HTTP connections (lowered to fit the file-descriptor limit) [default: 4096]
+    #[arg(long, env = "CRASHGRID_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most open WebSocket subscribers [default: 1000]
+    #[arg(long, env = "CRASHGRID_MAX_WS_SUBSCRIBERS")]
+    pub max_ws_subscribers: Option<usize>,
     /// In-app module file-name patterns, comma-separated, `*` wildcard; empty = all modules
     /// [default: empty]
     #[arg(long, env = "CRASHGRID_IN_APP", value_delimiter = ',')]
@@ -273,6 +287,10 @@ impl ServeArgs {
             workers,
             max_body_bytes,
             max_debug_file_bytes,
+            http_header_timeout_ms,
+            http_body_timeout_ms,
+            max_connections,
+            max_ws_subscribers,
             in_app,
             sink,
             negative_ttl_secs,
@@ -498,6 +516,20 @@ impl ServeArgs {
         if let Some(n) = self.max_debug_file_bytes {
             http.max_debug_file_bytes = n;
         }
+        if let Some(ms) = self.http_header_timeout_ms {
+            http.header_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.http_body_timeout_ms {
+            http.body_timeout = Duration::from_millis(ms);
+            http.upload_timeout = http.body_timeout.saturating_mul(20);
+        }
+        if let Some(n) = self.max_connections {
+            http.max_connections = n;
+        }
+        if let Some(n) = self.max_ws_subscribers {
+            http.max_ws_subscribers = n;
+        }
+        http.validate().map_err(anyhow::Error::msg)?;
         let publish_interval = Duration::from_millis(self.publish_interval_ms.unwrap_or(1000));
         anyhow::ensure!(
             publish_interval >= Duration::from_millis(50),

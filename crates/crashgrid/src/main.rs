@@ -165,8 +165,7 @@ fn main() -> anyhow::Result<()> {
             };
             let settings = args.resolve().context("invalid configuration")?;
             runtime()?.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(settings.listen)
-                    .await
+                let listener = crashgrid::http::bind(settings.listen)
                     .with_context(|| format!("binding {}", settings.listen))?;
                 serve(
                     settings,

@@ -30,6 +30,70 @@ impl Counter {
     }
 }
 
+/// A gauge: a value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subtracts one (never below zero).
+    pub fn dec(&self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    /// Sets the value.
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A log line allowed at most once per `every`, reporting how many were held back meanwhile,
+/// so a flood of bad connections cannot flood the log.
+#[derive(Debug)]
+pub struct RateLimitedLog {
+    every: std::time::Duration,
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RateLimitedLog {
+    /// At most one line per `every`.
+    pub fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(suppressed)` when a line may be written now, `suppressed` being the number of
+    /// lines held back since the last one; `None` when this one is held back.
+    pub fn allow(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut state = self.state.lock();
+        match state.0 {
+            Some(last) if now.duration_since(last) < self.every => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = std::mem::take(&mut state.1);
+                state.0 = Some(now);
+                Some(suppressed)
+            }
+        }
+    }
+}
+
 /// A counter with one label.
 #[derive(Debug, Default)]
 pub struct LabeledCounter(Mutex<BTreeMap<String, u64>>);
@@ -77,6 +141,21 @@ pub struct Metrics {
     pub sink_errors: Counter,
     /// WebSocket snapshots pushed.
     pub ws_messages: Counter,
+    /// Open HTTP connections (not counting upgraded WebSockets).
+    pub http_connections: Gauge,
+    /// The HTTP connection cap in force (after fitting the file-descriptor limit).
+    pub http_connection_cap: Gauge,
+    /// HTTP connections that ended in an error, by reason (`header_timeout`, which includes
+    /// idle keep-alive connections, `client_closed`, `error`).
+    pub http_connections_failed: LabeledCounter,
+    /// Failed `accept` calls on the HTTP port (e.g. out of file descriptors).
+    pub http_accept_errors: Counter,
+    /// Request bodies not received within their timeout.
+    pub http_body_timeouts: Counter,
+    /// Open WebSocket subscribers.
+    pub ws_subscribers: Gauge,
+    /// WebSocket subscriptions refused at the subscriber cap.
+    pub ws_refused: Counter,
 }
 
 /// A text exposition being written.

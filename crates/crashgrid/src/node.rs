@@ -949,6 +949,43 @@ impl Node {
             "Snapshots pushed over WebSocket.",
             m.ws_messages.get(),
         );
+        e.gauge(
+            "crashgrid_websocket_subscribers",
+            "Open WebSocket subscribers.",
+            m.ws_subscribers.get(),
+        );
+        e.counter(
+            "crashgrid_websocket_refused_total",
+            "WebSocket subscriptions refused at the subscriber cap.",
+            m.ws_refused.get(),
+        );
+        e.gauge(
+            "crashgrid_http_connections",
+            "Open HTTP connections (upgraded WebSockets not included).",
+            m.http_connections.get(),
+        );
+        e.gauge(
+            "crashgrid_http_connection_cap",
+            "The HTTP connection cap in force.",
+            m.http_connection_cap.get(),
+        );
+        e.labeled(
+            "crashgrid_http_connections_failed_total",
+            "counter",
+            "HTTP connections that ended in an error, by reason (header_timeout includes idle keep-alive).",
+            "reason",
+            &m.http_connections_failed.snapshot(),
+        );
+        e.counter(
+            "crashgrid_http_accept_errors_total",
+            "Failed accepts on the HTTP port.",
+            m.http_accept_errors.get(),
+        );
+        e.counter(
+            "crashgrid_http_body_timeouts_total",
+            "Request bodies not received within their timeout.",
+            m.http_body_timeouts.get(),
+        );
         let x = &inner.exchange.counters;
         for (name, help, c) in [
             (

@@ -94,7 +94,17 @@ pub async fn serve(
             None => tokio::spawn(crate::nats::run_source(node.clone(), config, stopping)),
         }
     });
-    let router = http::router(node.clone(), settings.http.clone(), ready.clone());
+    let mut http_config = settings.http.clone();
+    let fd_limit = http::raise_fd_limit();
+    if http_config.fit_to_fd_limit(fd_limit) {
+        tracing::warn!(
+            fd_limit,
+            max_connections = http_config.max_connections,
+            max_ws_subscribers = http_config.max_ws_subscribers,
+            "the file-descriptor limit lowers the HTTP connection and WebSocket caps"
+        );
+    }
+    let router = http::router(node.clone(), http_config.clone(), ready.clone());
     tracing::info!(node = node.id(), %address, "crashgrid node serving");
     let ready_flag = ready.clone();
     let electing = clustering.as_ref().map(|c| c.cluster.clone());
@@ -109,7 +119,7 @@ pub async fn serve(
         let _ = stop_tx.send(true);
         tracing::info!("shutting down: finishing open requests and accepted events");
     };
-    http::run(listener, router, http_shutdown).await?;
+    http::run(listener, router, &http_config, node.clone(), http_shutdown).await?;
     let _ = publisher_stop_tx.send(true);
     let _ = publisher.await;
     let n = node.clone();

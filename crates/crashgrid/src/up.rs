@@ -45,11 +45,11 @@ pub async fn run(
         .prefix("crashgrid-up-")
         .tempdir()
         .context("creating a temporary data directory")?;
-    let listener = match TcpListener::bind(("127.0.0.1", port)).await {
+    let listener = match crate::http::bind(([127, 0, 0, 1], port).into()) {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(port, error = %e, "port taken, using a free one");
-            TcpListener::bind(("127.0.0.1", 0)).await?
+            crate::http::bind(([127, 0, 0, 1], 0).into())?
         }
     };
     let addr = listener.local_addr()?;

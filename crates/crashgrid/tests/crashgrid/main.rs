@@ -4,6 +4,7 @@ mod acked;
 mod distributed;
 mod election;
 mod harness;
+mod hostile;
 mod kubernetes;
 mod nats;
 mod node;

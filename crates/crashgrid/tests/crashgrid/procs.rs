@@ -53,6 +53,8 @@ pub struct Spec {
     pub lease_file: PathBuf,
     pub dir: PathBuf,
     pub extra: Vec<String>,
+    /// `RLIMIT_NOFILE` (soft and hard) of the process, if not inherited.
+    pub fd_limit: Option<u64>,
 }
 
 impl ProcNode {
@@ -63,7 +65,17 @@ impl ProcNode {
             .append(true)
             .open(spec.dir.join("node.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_crashgrid"))
+        let mut command = match spec.fd_limit {
+            // The shell sets the limit, then becomes the node (same pid).
+            Some(limit) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\"")])
+                    .arg(env!("CARGO_BIN_EXE_crashgrid"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_crashgrid")),
+        };
+        let child = command
             .arg("serve")
             .args(["--node-id", &spec.id])
             .args(["--listen", &format!("127.0.0.1:{}", spec.http_port)])
@@ -199,34 +211,33 @@ impl ProcCluster {
                 lease_file: root.join("leader.lease"),
                 dir: root.join(format!("node-{}", i + 1)),
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                fd_limit: None,
             })
             .collect()
     }
 
     /// Starts `n` nodes and waits until every one sees all `n` members and the same leader.
     pub async fn start(n: usize, extra: &[&str]) -> ProcCluster {
-        let root = tempfile::tempdir().unwrap();
-        let specs = Self::specs(n, root.path(), extra);
-        let nodes = specs.iter().map(ProcNode::spawn).collect();
-        let c = ProcCluster {
-            nodes,
-            specs,
-            _root: root,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .unwrap(),
-        };
-        c.converged(n, Duration::from_secs(60)).await;
-        c
+        Self::start_some(n, n, extra).await
     }
 
     /// Like [`start`](Self::start), with `total` nodes configured (every one is in the others'
     /// peer lists) of which only the first `running` are started; start the others with
     /// [`restart`](Self::restart).
     pub async fn start_some(total: usize, running: usize, extra: &[&str]) -> ProcCluster {
+        Self::start_specs(total, running, extra, |_| {}).await
+    }
+
+    /// Like [`start_some`](Self::start_some), each spec changed by `adjust` first.
+    pub async fn start_specs(
+        total: usize,
+        running: usize,
+        extra: &[&str],
+        adjust: impl Fn(&mut Spec),
+    ) -> ProcCluster {
         let root = tempfile::tempdir().unwrap();
-        let specs = Self::specs(total, root.path(), extra);
+        let mut specs = Self::specs(total, root.path(), extra);
+        specs.iter_mut().for_each(adjust);
         let nodes = specs
             .iter()
             .enumerate()
