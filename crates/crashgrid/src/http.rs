@@ -592,11 +592,15 @@ async fn put_debug_file(
                 e.to_string(),
             ))
         }
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "store_failed",
-            e.to_string(),
-        )),
+        Err(e) => {
+            // The full error names server paths: it goes to the log, not to the client.
+            tracing::error!(error = %e, "storing an uploaded debug file failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "store_failed",
+                "the debug file could not be stored; the node's log has the cause",
+            ))
+        }
     }
 }
 

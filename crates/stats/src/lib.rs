@@ -53,7 +53,9 @@ pub use exchange::{
 };
 pub use hll::{hash_user, HyperLogLog, PRECISION as HLL_PRECISION, SPARSE_MAX as HLL_SPARSE_MAX};
 pub use latency::LatencySketch;
-pub use partial::{GroupCount, Partial};
+pub use partial::{
+    GroupCount, Partial, MAX_DISTINCT_GROUPS, MAX_DISTINCT_VALUES, MAX_TITLE_BYTES, MAX_VALUE_BYTES,
+};
 pub use record::{CrashRecord, Dimension};
 pub use snapshot::{Breakdowns, GroupStat, LatencySummary, Snapshot, ValueCount, OTHER};
 pub use window::{

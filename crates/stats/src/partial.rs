@@ -7,19 +7,56 @@
 //! partials arrive.
 //!
 //! Exact counts are kept per dimension value and per crash group in
-//! `BTreeMap`s (deterministic iteration and JSON). Their size is the number
-//! of *distinct* values seen in the second, which is expected to be bounded
-//! (a few hundred app versions / OS versions / device models, and crash
-//! groups bounded by what a second of traffic can contain: at most one new
-//! entry per crash). Nothing here caps them: capping would make totals
-//! inexact. Callers that accept arbitrary client-supplied values should
-//! normalise or truncate them before building a [`CrashRecord`].
+//! `BTreeMap`s (deterministic iteration and JSON). Their values come from
+//! clients, so both are bounded, and totals stay exact whatever arrives:
+//!
+//! * a dimension value is cut to [`MAX_VALUE_BYTES`] (64) and a group title
+//!   to [`MAX_TITLE_BYTES`] (128), at a character boundary;
+//! * a partial holds at most [`MAX_DISTINCT_VALUES`] (100) values per
+//!   dimension and [`MAX_DISTINCT_GROUPS`] (100) groups; a crash with a value
+//!   (group) past that is counted under [`OTHER`] (the `"(other)"` entry,
+//!   or group), so every map still sums to `total`.
+//!
+//! Real traffic stays far inside: a second of one pod's crashes carries a
+//! few app and OS versions and at most tens of device models and groups.
+//! Hostile traffic (a unique 4 KB string per crash) costs at most ~84 KB per
+//! partial: 5 × 100 × (64 + ~56 bytes of map overhead) + 100 × (32-byte id +
+//! 128-byte title + ~80). With `N` pods the leader holds `(N + 1) × 300` of
+//! them in its window, 3 pods ≈ 100 MB at worst. Within the caps, merging is
+//! exact, associative and commutative; past them, which values get their own
+//! entry depends on arrival order (the first ones), never the totals.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CrashRecord, Dimension, HyperLogLog, LatencySketch, StatsError};
+use crate::{CrashRecord, Dimension, HyperLogLog, LatencySketch, StatsError, OTHER};
+
+/// Longest dimension value kept, in bytes (longer ones are cut at a character boundary).
+pub const MAX_VALUE_BYTES: usize = 64;
+/// Longest group title kept, in bytes.
+pub const MAX_TITLE_BYTES: usize = 128;
+/// Distinct values per dimension in one partial; more are counted under [`OTHER`].
+pub const MAX_DISTINCT_VALUES: usize = 100;
+/// Distinct crash groups in one partial; more are counted under the group [`OTHER`].
+pub const MAX_DISTINCT_GROUPS: usize = 100;
+
+/// `s` cut to at most `max` bytes at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Whether `map` (which may hold [`OTHER`]) has room for one more distinct key.
+fn has_room<V>(map: &BTreeMap<String, V>, max: usize) -> bool {
+    map.len() - usize::from(map.contains_key(OTHER)) < max
+}
 
 /// Count and title of one crash group inside a [`Partial`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,27 +110,41 @@ impl Partial {
         for dim in Dimension::ALL {
             bump(self.counts_mut(dim), dim.value_of(record), 1);
         }
-        match self.groups.get_mut(record.group_id) {
-            Some(g) => {
-                g.count = g.count.saturating_add(1);
-                if record.group_title < g.title.as_str() {
-                    record.group_title.clone_into(&mut g.title);
-                }
-            }
-            None => {
-                self.groups.insert(
-                    record.group_id.to_owned(),
-                    GroupCount {
-                        title: record.group_title.to_owned(),
-                        count: 1,
-                    },
-                );
-            }
-        }
+        self.add_group(record.group_id, cut(record.group_title, MAX_TITLE_BYTES), 1);
         if let Some(user) = record.user_id {
             self.users.insert(user);
         }
         self.symbolication_time_us.insert(record.symbolication_us);
+    }
+
+    /// Adds `count` crashes of group `id` titled `title` (already cut), under the group
+    /// [`OTHER`] when the partial holds [`MAX_DISTINCT_GROUPS`] others.
+    fn add_group(&mut self, id: &str, title: &str, count: u64) {
+        let (id, title) = if self.groups.contains_key(id)
+            || id == OTHER
+            || has_room(&self.groups, MAX_DISTINCT_GROUPS)
+        {
+            (id, title)
+        } else {
+            (OTHER, OTHER)
+        };
+        match self.groups.get_mut(id) {
+            Some(g) => {
+                g.count = g.count.saturating_add(count);
+                if title < g.title.as_str() {
+                    title.clone_into(&mut g.title);
+                }
+            }
+            None => {
+                self.groups.insert(
+                    id.to_owned(),
+                    GroupCount {
+                        title: title.to_owned(),
+                        count,
+                    },
+                );
+            }
+        }
     }
 
     /// Folds `other` into `self`. Associative and commutative; the result
@@ -107,17 +158,7 @@ impl Partial {
             }
         }
         for (id, theirs) in &other.groups {
-            match self.groups.get_mut(id) {
-                Some(g) => {
-                    g.count = g.count.saturating_add(theirs.count);
-                    if theirs.title < g.title {
-                        g.title.clone_from(&theirs.title);
-                    }
-                }
-                None => {
-                    self.groups.insert(id.clone(), theirs.clone());
-                }
-            }
+            self.add_group(id, cut(&theirs.title, MAX_TITLE_BYTES), theirs.count);
         }
         self.users.merge(&other.users);
         self.symbolication_time_us
@@ -171,12 +212,19 @@ impl Partial {
     }
 }
 
-/// Adds `n` to `map[key]`, allocating the key only when it is new.
+/// Adds `n` to `map[key]` (`key` cut to [`MAX_VALUE_BYTES`]), allocating the key only when
+/// it is new, and counting it under [`OTHER`] when the map holds [`MAX_DISTINCT_VALUES`].
 fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
+    let key = cut(key, MAX_VALUE_BYTES);
     match map.get_mut(key) {
         Some(c) => *c = c.saturating_add(n),
         None => {
-            map.insert(key.to_owned(), n);
+            let key = if key == OTHER || has_room(map, MAX_DISTINCT_VALUES) {
+                key
+            } else {
+                OTHER
+            };
+            *map.entry(key.to_owned()).or_default() += n;
         }
     }
 }

@@ -206,14 +206,18 @@ pub(crate) fn build<'a>(
 
     let mut breakdowns = Breakdowns::default();
     for (map, dim) in dims.into_iter().zip(Dimension::ALL) {
+        // What the partials already counted under OTHER (values past their cap) joins the
+        // values cut off here: one "(other)" entry, always last.
+        let mut map = map;
+        let capped = map.remove(OTHER).unwrap_or(0);
         let mut entries: Vec<(&str, u64)> = map.into_iter().collect();
         entries.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         let rest: u64 = entries
             .iter()
             .skip(config.breakdown_limit)
             .map(|e| e.1)
-            .fold(0, u64::saturating_add);
-        let cut = entries.len() > config.breakdown_limit;
+            .fold(capped, u64::saturating_add);
+        let cut = entries.len() > config.breakdown_limit || capped > 0;
         let list = breakdowns.get_mut(dim);
         list.extend(
             entries
@@ -232,8 +236,10 @@ pub(crate) fn build<'a>(
         }
     }
 
+    // The group OTHER (groups past a partial's cap) is not a crash group: not listed.
     let mut ranked: Vec<(&str, &str, u64)> = groups
         .into_iter()
+        .filter(|(id, _)| *id != OTHER)
         .map(|(id, (title, count))| (id, title, count))
         .collect();
     ranked.sort_unstable_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(b.0)));

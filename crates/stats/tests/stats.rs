@@ -918,3 +918,73 @@ fn a_slice_too_far_ahead_is_not_acknowledged_and_is_counted_when_time_comes() {
     assert_eq!(pod.on_accepted(&ack), vec![7]);
     assert_eq!(leader.snapshot(T + ahead).total, 1);
 }
+
+// Rule (bounded partials, `partial.rs`): client strings are cut to
+// MAX_VALUE_BYTES / MAX_TITLE_BYTES at a character boundary, and a partial
+// holds at most MAX_DISTINCT_VALUES values per dimension and
+// MAX_DISTINCT_GROUPS groups; crashes past that are counted under "(other)",
+// so totals and every breakdown stay exact sums. Merging keeps the bounds,
+// and the snapshot folds the partials' "(other)" into its own (listed last,
+// once) and never lists the "(other)" group.
+#[test]
+fn a_flood_of_unique_long_strings_stays_within_the_bounds_and_totals_stay_exact() {
+    use stats::{MAX_DISTINCT_GROUPS, MAX_DISTINCT_VALUES, MAX_TITLE_BYTES, MAX_VALUE_BYTES};
+    let long = |i: usize| format!("{i:05}-{}", "é".repeat(2_000)); // 4 KB, two-byte chars
+    let flood: Vec<Rec> = (0..2_000)
+        .map(|i| Rec {
+            second: T,
+            app_version: long(i),
+            platform: "android".into(),
+            os_version: long(i),
+            device_model: long(i),
+            exception_type: long(i),
+            group_id: format!("{i:016x}"),
+            group_title: long(i),
+            user_id: None,
+            symbolication_us: 10,
+        })
+        .collect();
+    let (a, b) = flood.split_at(1_000);
+    let pa = partial_of(a);
+    let mut p = pa.clone();
+    p.merge(&partial_of(b));
+    for q in [&pa, &p] {
+        for dim in Dimension::ALL {
+            let counts = q.counts(dim);
+            assert!(counts.len() <= MAX_DISTINCT_VALUES + 1, "{dim}");
+            assert_eq!(counts.values().sum::<u64>(), q.total(), "{dim}");
+            assert!(counts.keys().all(|v| v.len() <= MAX_VALUE_BYTES), "{dim}");
+        }
+        assert!(q.groups().len() <= MAX_DISTINCT_GROUPS + 1);
+        assert_eq!(q.groups().values().map(|g| g.count).sum::<u64>(), q.total());
+        assert!(q
+            .groups()
+            .values()
+            .all(|g| g.title.len() <= MAX_TITLE_BYTES));
+    }
+    assert_eq!(p.total(), 2_000);
+    // The first values keep their own entries; the rest is "(other)".
+    let devices = p.counts(Dimension::DeviceModel);
+    assert_eq!(devices[OTHER], 2_000 - MAX_DISTINCT_VALUES as u64);
+    assert_eq!(p.counts(Dimension::Platform)["android"], 2_000);
+    assert_eq!(p.groups()[OTHER].count, 2_000 - MAX_DISTINCT_GROUPS as u64);
+    // A cut value still starts with what the client sent.
+    let first = devices.keys().find(|k| *k != OTHER).unwrap();
+    assert!(first.starts_with("00000-é"), "{first}");
+    // Bounded on the wire too (the leader and its standby hold these).
+    let json = serde_json::to_vec(&p).unwrap();
+    assert!(json.len() < 100_000, "{} bytes", json.len());
+
+    let config = WindowConfig::default();
+    let mut w = Window::new(config.clone(), T).unwrap();
+    w.merge(T, &p).unwrap();
+    let snap = w.snapshot(T);
+    assert_eq!(snap.total, 2_000);
+    let breakdown = &snap.breakdowns.device_model;
+    assert_eq!(breakdown.len(), config.breakdown_limit + 1);
+    assert_eq!(breakdown.last().unwrap().value, OTHER);
+    assert_eq!(breakdown.iter().filter(|v| v.value == OTHER).count(), 1);
+    assert_eq!(breakdown.iter().map(|v| v.count).sum::<u64>(), 2_000);
+    assert!(snap.top_groups.iter().all(|g| g.id != OTHER));
+    assert_eq!(snap.top_groups.len(), config.top_groups);
+}

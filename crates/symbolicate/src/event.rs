@@ -555,6 +555,21 @@ impl CrashEvent {
                                 ),
                             ));
                         }
+                        // The absolute address is image_addr + offset: it must exist.
+                        if modules[n]
+                            .image_addr
+                            .checked_add(instruction_addr)
+                            .is_none()
+                        {
+                            return Err(EventError::new(
+                                f.field("instruction_addr"),
+                                format!(
+                                    "offset {instruction_addr:#x} past module {n}'s image_addr \
+                                     {:#x} overflows a 64-bit address",
+                                    modules[n].image_addr
+                                ),
+                            ));
+                        }
                         AddrMode::Rel(n)
                     }
                 };

@@ -241,18 +241,18 @@ fn convert(raw: RawEvent<'_>) -> Option<CrashEvent> {
         }
         let mut frames = Vec::with_capacity(t.frames.len());
         for f in t.frames {
+            let instruction_addr = f.instruction_addr.0?;
             let addr_mode = match opt(f.addr_mode)?.as_deref() {
                 None | Some("abs") => AddrMode::Abs,
                 Some(mode) => {
                     let n = mode.strip_prefix("rel:")?.parse::<usize>().ok()?;
-                    if n >= modules.len() {
-                        return None;
-                    }
+                    // An unknown module or an overflowing address: the slow path says which.
+                    modules.get(n)?.image_addr.checked_add(instruction_addr)?;
                     AddrMode::Rel(n)
                 }
             };
             frames.push(Frame {
-                instruction_addr: f.instruction_addr.0?,
+                instruction_addr,
                 addr_mode,
             });
         }

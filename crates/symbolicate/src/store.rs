@@ -45,8 +45,9 @@ pub enum StoreError {
         /// Why it was refused.
         source: ObjectError,
     },
-    /// The upload name cannot be used as a path component.
-    #[error("invalid debug file name {0:?}")]
+    /// The upload name cannot be used as a path component (empty, `.`/`..`, a separator or
+    /// NUL, or longer than [`MAX_NAME_BYTES`]).
+    #[error("invalid debug file name {0:?} (at most 200 bytes, no '/', '\\' or NUL)")]
     InvalidName(String),
 }
 
@@ -104,8 +105,13 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     fs::rename(&tmp, path)
 }
 
+/// Longest upload name, in bytes: file systems allow 255 per path component, and the store
+/// writes through a temporary name that adds a prefix.
+pub const MAX_NAME_BYTES: usize = 200;
+
 fn valid_component(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
         && name != "."
         && name != ".."
         && !name.starts_with(".tmp-")

@@ -330,3 +330,110 @@ async fn an_idle_socket_flood_never_exhausts_file_descriptors() {
     assert!(m["crashgrid_http_connections_failed_total{reason=\"header_timeout\"}"] >= cap);
     assert!(!node.log().contains("Too many open files"));
 }
+
+/// Rule (issue 13, bounded statistics): 80,000 crashes with unique 4 KB strings in four
+/// dimensions (the reported 6.25 GB) are all counted, exactly, the breakdowns hold at most
+/// `breakdown_limit` values plus "(other)", and the node's peak RSS stays within 512 MiB of
+/// where it started while `GET /api/v1/stats` keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_unique_strings_is_counted_exactly_in_bounded_memory() {
+    const EVENTS: usize = 80_000;
+    const BATCH: usize = 40;
+    const POSTERS: usize = 4;
+    let c = ProcCluster::start(1, &["--workers", "2"]).await;
+    let node = &c.nodes[0];
+    let start_rss = status_bytes(node.pid(), "VmRSS");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let filler = "x".repeat(4000);
+    let posters = (0..POSTERS).map(|p| {
+        let client = client.clone();
+        let url = format!("{}/api/v1/crashes", node.url);
+        let filler = filler.clone();
+        async move {
+            let mut accepted = 0usize;
+            let mut b = 0usize;
+            while accepted < EVENTS / POSTERS {
+                let batch: Vec<Value> = (0..BATCH)
+                    .map(|i| {
+                        let u = format!("{p}-{b}-{i}-{filler}");
+                        let mut e = event(&format!("flood-{p}-{b}-{i}"), &u);
+                        e["app"]["version"] = json!(u);
+                        e["os"]["version"] = json!(u);
+                        e["exception"]["type"] = json!(u);
+                        e
+                    })
+                    .collect();
+                let r = client.post(&url).json(&batch).send().await.unwrap();
+                match r.status().as_u16() {
+                    202 => {
+                        accepted += BATCH;
+                        b += 1;
+                    }
+                    429 => tokio::time::sleep(Duration::from_millis(200)).await,
+                    other => panic!("flood batch answered {other}: {:?}", r.text().await),
+                }
+            }
+        }
+    });
+    let watcher = async {
+        // A dashboard client polling meanwhile.
+        for _ in 0..20 {
+            let r = client
+                .get(format!("{}/api/v1/stats", node.url))
+                .send()
+                .await
+                .expect("GET /api/v1/stats answers during the flood");
+            assert_eq!(r.status(), 200);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::join!(join_all(posters), watcher);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let snap = loop {
+        let snap: Value = client
+            .get(format!("{}/api/v1/stats", node.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if snap["stats"]["total"] == EVENTS as u64 {
+            break snap;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counted {} of {EVENTS}",
+            snap["stats"]["total"]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for dim in [
+        "app_version",
+        "os_version",
+        "device_model",
+        "exception_type",
+    ] {
+        let list = snap["stats"]["breakdowns"][dim].as_array().unwrap();
+        assert_eq!(list.len(), 21, "{dim}");
+        assert_eq!(list[20]["value"], "(other)");
+        let sum: u64 = list.iter().map(|v| v["count"].as_u64().unwrap()).sum();
+        assert_eq!(sum, EVENTS as u64, "{dim}");
+    }
+    let peak = status_bytes(node.pid(), "VmHWM");
+    eprintln!(
+        "unique-string flood: RSS at start {} MiB, peak {} MiB, now {} MiB",
+        start_rss / MIB,
+        peak / MIB,
+        status_bytes(node.pid(), "VmRSS") / MIB
+    );
+    assert!(
+        peak < start_rss + 512 * MIB,
+        "peak RSS {} MiB from {} MiB at start",
+        peak / MIB,
+        start_rss / MIB
+    );
+}

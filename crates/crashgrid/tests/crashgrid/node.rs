@@ -385,6 +385,19 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
         .as_str()
         .unwrap()
         .contains("garbage.so"));
+    // A name no file system takes is a 400 too, and no answer names a server path.
+    let long = format!("{}.so", "n".repeat(300));
+    let r = client
+        .put(format!("{}/api/v1/debug-files/{long}", node.url))
+        .body(vec![0u8; 300])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(error_of(&body).0, "invalid_debug_file", "{body}");
+    let data_dir = node.dir.path().display().to_string();
+    assert!(!body.to_string().contains(&data_dir), "{body}");
 
     // Still serving: a good event is accepted and processed, health is fine.
     assert_eq!(post(&client, &node.url, &good).await.status(), 202);
@@ -432,7 +445,7 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
         assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
     }
     assert!(metrics.contains("crashgrid_crashes_processed_total 1"));
-    assert!(metrics.contains("crashgrid_debug_files_refused_total 1"));
+    assert!(metrics.contains("crashgrid_debug_files_refused_total 2"));
     assert!(
         metrics.contains("crashgrid_unacked_messages 0"),
         "{metrics}"

@@ -194,6 +194,14 @@ fn every_rejection_names_its_field() {
             Box::new(|v| v["threads"][0]["frames"][1]["addr_mode"] = json!("relative")),
         ),
         (
+            // image_addr + offset past u64::MAX: refused, not wrapped to a small address.
+            "threads[0].frames[1].instruction_addr",
+            Box::new(|v| {
+                v["modules"][1]["image_addr"] = json!("0xfffffffffffff000");
+                v["threads"][0]["frames"][1]["instruction_addr"] = json!("0x1000");
+            }),
+        ),
+        (
             "threads[0].frames",
             Box::new(|v| {
                 v["threads"][0].as_object_mut().unwrap().remove("frames");
