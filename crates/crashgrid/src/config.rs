@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// Most events accepted and not yet processed; beyond it POSTs get 429 [default: 20000]
     #[arg(long, env = "CRASHGRID_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
+    /// Most bytes of admitted events waiting for a worker; beyond it POSTs get 429
+    /// [default: 268435456]
+    #[arg(long, env = "CRASHGRID_MAX_QUEUED_BYTES")]
+    pub max_queued_bytes: Option<usize>,
     /// Symbolication worker threads, 0 = one per CPU [default: 0]
     #[arg(long, env = "CRASHGRID_WORKERS")]
     pub workers: Option<usize>,
@@ -284,6 +288,7 @@ impl ServeArgs {
             store_dir,
             cache_dir,
             queue_capacity,
+            max_queued_bytes,
             workers,
             max_body_bytes,
             max_debug_file_bytes,
@@ -476,6 +481,10 @@ impl ServeArgs {
         if let Some(n) = self.queue_capacity {
             anyhow::ensure!(n > 0, "queue_capacity must be at least 1");
             node.queue_capacity = n;
+        }
+        if let Some(n) = self.max_queued_bytes {
+            anyhow::ensure!(n >= 1 << 20, "max_queued_bytes must be at least 1048576");
+            node.max_queued_bytes = n;
         }
         if let Some(n) = self.workers {
             node.workers = n;

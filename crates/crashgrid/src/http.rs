@@ -143,6 +143,9 @@ pub struct ApiError {
     message: String,
     field: Option<String>,
     retry_after: Option<u64>,
+    /// Answered before the body was read: the connection closes (`Connection: close`), so
+    /// the client does not send its next request on a connection with a body still in it.
+    close: bool,
 }
 
 impl ApiError {
@@ -153,6 +156,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            close: false,
         }
     }
 }
@@ -164,6 +168,12 @@ impl IntoResponse for ApiError {
             error["field"] = Value::String(field);
         }
         let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if self.close {
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()
@@ -364,7 +374,7 @@ async fn read_body(
             },
         }
     };
-    match tokio::time::timeout(limits.timeout, read).await {
+    let result = match tokio::time::timeout(limits.timeout, read).await {
         Ok(result) => result,
         Err(_) => {
             metrics.http_body_timeouts.inc();
@@ -377,7 +387,8 @@ async fn read_body(
                 ),
             ))
         }
-    }
+    };
+    result.map_err(|e| ApiError { close: true, ..e })
 }
 
 fn decode_error(sink: &CappedSink, e: std::io::Error, limits: &BodyLimits) -> ApiError {
@@ -552,6 +563,7 @@ async fn put_debug_file(
         metrics.rejected.add("uploads_busy", 1);
         return Err(ApiError {
             retry_after: Some(5),
+            close: true,
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "uploads_busy",

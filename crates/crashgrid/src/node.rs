@@ -82,6 +82,11 @@ pub struct NodeConfig {
     /// for one pod; beyond it clients are told to retry (429), which keeps memory bounded
     /// (a 40-frame event is about 4 KiB in memory: ~80 MiB at the bound).
     pub queue_capacity: usize,
+    /// Most bytes of admitted events waiting for a worker: 256 MiB. The count bound alone
+    /// lets a client fill the queue with events of 4 KB strings (~20 KiB each: 400 MiB at
+    /// 20,000); past this, batches are refused with 429 like a full queue. An event's size is
+    /// estimated from its strings, modules and frames ([`event_bytes`]).
+    pub max_queued_bytes: usize,
     /// Symbolication worker threads; 0 means one per CPU.
     pub workers: usize,
     /// In-app module patterns (see [`InApp`]).
@@ -94,6 +99,9 @@ pub struct NodeConfig {
     pub negative_ttl: Duration,
     /// Most crash groups remembered for `/api/v1/groups/{id}` (the least recently seen go).
     pub max_groups: usize,
+    /// Most bytes the remembered crash groups hold (each keeps its latest example): 64 MiB,
+    /// about 10,000 groups of ordinary 40-frame crashes; the least recently seen go first.
+    pub max_group_bytes: usize,
     /// Most symbolicated addresses kept in the near cache. 200,000 is about 50 MiB and holds
     /// every frame of several thousand distinct crashes.
     pub frame_cache_entries: usize,
@@ -112,12 +120,14 @@ impl NodeConfig {
             store_dir: data_dir.join("symbols"),
             cache_dir: data_dir.join("cache"),
             queue_capacity: 20_000,
+            max_queued_bytes: 256 << 20,
             workers: 0,
             in_app: Vec::new(),
             sink: SinkConfig::None,
             window: WindowConfig::default(),
             negative_ttl: Duration::from_secs(60),
             max_groups: 10_000,
+            max_group_bytes: 64 << 20,
             frame_cache_entries: 200_000,
             cache_memory_bytes: crate::shared_cache::DEFAULT_MEMORY_BYTES,
         }
@@ -135,6 +145,42 @@ struct Job {
     seq: u64,
     accepted_ms: u64,
     events: Vec<CrashEvent>,
+    /// [`event_bytes`] of `events`, released once a worker is done with them.
+    bytes: usize,
+}
+
+/// About the memory an event holds while it waits for a worker: the struct, its strings, its
+/// modules and frames.
+pub fn event_bytes(e: &CrashEvent) -> usize {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    let strings = e.event_id.len()
+        + e.app.id.len()
+        + e.app.version.len()
+        + opt(&e.app.build)
+        + e.platform.len()
+        + e.os.name.len()
+        + e.os.version.len()
+        + opt(&e.device_model)
+        + opt(&e.user_id)
+        + e.exception.ty.len()
+        + opt(&e.exception.value);
+    let modules: usize = e
+        .modules
+        .iter()
+        .map(|m| {
+            std::mem::size_of_val(m)
+                + m.ty.len()
+                + opt(&m.code_file)
+                + opt(&m.debug_file)
+                + opt(&m.code_id)
+        })
+        .sum();
+    let threads: usize = e
+        .threads
+        .iter()
+        .map(|t| std::mem::size_of_val(t) + opt(&t.name) + std::mem::size_of_val(&t.frames[..]))
+        .sum();
+    std::mem::size_of_val(e) + strings + modules + threads
 }
 
 /// How a submitted batch ended (see [`Node::submit_with_ack`]).
@@ -172,18 +218,42 @@ struct BacklogEntry {
 struct Backlog {
     capacity: usize,
     inflight: AtomicUsize,
+    /// Bytes of events waiting for a worker, and their bound.
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
     next_seq: AtomicU64,
     /// Job sequence → entry: ordered, so the first is the oldest.
     jobs: Mutex<BTreeMap<u64, BacklogEntry>>,
 }
 
 impl Backlog {
-    fn try_reserve(&self, n: usize) -> bool {
-        self.inflight
+    /// Reserves room for `n` events of `bytes` bytes, or nothing.
+    fn try_reserve(&self, n: usize, bytes: usize) -> bool {
+        let events = self
+            .inflight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
                 (cur + n <= self.capacity).then_some(cur + n)
             })
-            .is_ok()
+            .is_ok();
+        if !events {
+            return false;
+        }
+        let room = self
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                // One batch is always let in on an empty queue, whatever its size.
+                (cur == 0 || cur + bytes <= self.max_queued_bytes).then_some(cur + bytes)
+            })
+            .is_ok();
+        if !room {
+            self.inflight.fetch_sub(n, Ordering::AcqRel);
+        }
+        room
+    }
+
+    /// A worker is done with a job's events (or they were never queued).
+    fn dequeued(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     fn register(&self, accepted_ms: u64, events: usize, group: Option<Arc<AckGroup>>) -> u64 {
@@ -270,27 +340,50 @@ pub struct GroupInfo {
     pub last_seen_ms: u64,
     /// The latest symbolicated crash of the group.
     pub latest: Arc<SymbolicatedCrash>,
+    /// Estimated bytes this entry holds, and of them its example's (see [`Groups`]).
+    #[serde(skip)]
+    bytes: usize,
+    #[serde(skip)]
+    bytes_of_example: usize,
 }
 
+/// The crash groups this pod has seen, bounded by count and by bytes: each holds its latest
+/// example, and a client can make every crash a new group (a unique exception type) with 4 KB
+/// strings, so the count bound alone would let it hold 10,000 large examples.
 struct Groups {
     map: HashMap<String, GroupInfo>,
     capacity: usize,
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl Groups {
+    /// Records a crash of `group`; `example_bytes` estimates the memory of `crash`.
     fn record(
         &mut self,
         group: crate::fingerprint::Group,
         crash: Arc<SymbolicatedCrash>,
+        example_bytes: usize,
         now_ms: u64,
     ) {
         if let Some(info) = self.map.get_mut(&group.id) {
             info.count += 1;
             info.last_seen_ms = now_ms;
             info.latest = crash;
+            let fixed = info.bytes.saturating_sub(info.bytes_of_example);
+            self.bytes = self.bytes - info.bytes + fixed + example_bytes;
+            info.bytes = fixed + example_bytes;
+            info.bytes_of_example = example_bytes;
             return;
         }
-        if self.map.len() >= self.capacity {
+        let bytes = group.title.len()
+            + group.id.len() * 2
+            + group.signature.iter().map(String::len).sum::<usize>()
+            + std::mem::size_of::<GroupInfo>()
+            + example_bytes;
+        while !self.map.is_empty()
+            && (self.map.len() >= self.capacity || self.bytes + bytes > self.max_bytes)
+        {
             // Evict the least recently seen tenth in one go (amortized O(1) per insert).
             let mut seen: Vec<(u64, String)> = self
                 .map
@@ -298,10 +391,13 @@ impl Groups {
                 .map(|g| (g.last_seen_ms, g.id.clone()))
                 .collect();
             seen.sort_unstable();
-            for (_, id) in seen.into_iter().take(self.capacity / 10 + 1) {
-                self.map.remove(&id);
+            for (_, id) in seen.into_iter().take(self.map.len() / 10 + 1) {
+                if let Some(gone) = self.map.remove(&id) {
+                    self.bytes -= gone.bytes;
+                }
             }
         }
+        self.bytes += bytes;
         self.map.insert(
             group.id.clone(),
             GroupInfo {
@@ -312,6 +408,8 @@ impl Groups {
                 first_seen_ms: now_ms,
                 last_seen_ms: now_ms,
                 latest: crash,
+                bytes,
+                bytes_of_example: example_bytes,
             },
         );
     }
@@ -461,10 +559,14 @@ impl Node {
             groups: Mutex::new(Groups {
                 map: HashMap::new(),
                 capacity: config.max_groups.max(1),
+                bytes: 0,
+                max_bytes: config.max_group_bytes,
             }),
             backlog: Backlog {
                 capacity: config.queue_capacity,
                 inflight: AtomicUsize::new(0),
+                queued_bytes: AtomicUsize::new(0),
+                max_queued_bytes: config.max_queued_bytes,
                 next_seq: AtomicU64::new(0),
                 jobs: Mutex::new(BTreeMap::new()),
             },
@@ -487,7 +589,9 @@ impl Node {
                     .name(format!("symbolicate-{i}"))
                     .spawn(move || {
                         while let Ok(job) = rx.recv() {
+                            let bytes = job.bytes;
                             inner.process(job);
+                            inner.backlog.dequeued(bytes);
                         }
                     })
                     .context("spawning a worker thread")?,
@@ -561,8 +665,10 @@ impl Node {
             return Ok(0);
         }
         let inner = &self.inner;
+        let sizes: Vec<usize> = events.iter().map(event_bytes).collect();
+        let total_bytes = sizes.iter().sum();
         let sender = inner.jobs.lock().clone();
-        let Some(sender) = sender.filter(|_| inner.backlog.try_reserve(n)) else {
+        let Some(sender) = sender.filter(|_| inner.backlog.try_reserve(n, total_bytes)) else {
             inner.metrics.rejected.add("overloaded", n as u64);
             return Err(Overloaded {
                 retry_after: Duration::from_secs(1),
@@ -570,8 +676,10 @@ impl Node {
         };
         let accepted_ms = inner.clock.now_ms();
         let mut events = events.into_iter().peekable();
+        let mut sizes = sizes.chunks(JOB_EVENTS);
         while events.peek().is_some() {
             let chunk: Vec<CrashEvent> = events.by_ref().take(JOB_EVENTS).collect();
+            let bytes = sizes.next().map_or(0, |s| s.iter().sum());
             let seq = inner
                 .backlog
                 .register(accepted_ms, chunk.len(), group.clone());
@@ -580,12 +688,14 @@ impl Node {
                     seq,
                     accepted_ms,
                     events: chunk,
+                    bytes,
                 })
                 .is_err()
             {
                 // Workers are gone (shutting down): nothing may be lost silently, and the
                 // batch is not acknowledged.
                 inner.backlog.abandon(seq);
+                inner.backlog.dequeued(bytes);
                 tracing::error!("worker pool stopped while accepting a batch");
             }
         }
@@ -1086,9 +1196,12 @@ impl Inner {
                 user_id: event.user_id.as_deref(),
                 symbolication_us: us,
             });
+            // The symbolicated example holds about what the event did, twice (function
+            // names and paths join the addresses).
+            let example_bytes = event_bytes(event) * 2;
             self.groups
                 .lock()
-                .record(group, Arc::new(crash), self.clock.now_ms());
+                .record(group, Arc::new(crash), example_bytes, self.clock.now_ms());
         }
         if let Sink::Writer(w) = &self.sink {
             if let Err(e) = w.lock().flush() {

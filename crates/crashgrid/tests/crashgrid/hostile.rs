@@ -333,7 +333,7 @@ async fn an_idle_socket_flood_never_exhausts_file_descriptors() {
 
 /// Rule (issue 13, bounded statistics): 80,000 crashes with unique 4 KB strings in four
 /// dimensions (the reported 6.25 GB) are all counted, exactly, the breakdowns hold at most
-/// `breakdown_limit` values plus "(other)", and the node's peak RSS stays within 512 MiB of
+/// `breakdown_limit` values plus "(other)", and the node's peak RSS stays within 256 MiB of
 /// where it started while `GET /api/v1/stats` keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_unique_strings_is_counted_exactly_in_bounded_memory() {
@@ -347,37 +347,7 @@ async fn a_flood_of_unique_strings_is_counted_exactly_in_bounded_memory() {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let filler = "x".repeat(4000);
-    let posters = (0..POSTERS).map(|p| {
-        let client = client.clone();
-        let url = format!("{}/api/v1/crashes", node.url);
-        let filler = filler.clone();
-        async move {
-            let mut accepted = 0usize;
-            let mut b = 0usize;
-            while accepted < EVENTS / POSTERS {
-                let batch: Vec<Value> = (0..BATCH)
-                    .map(|i| {
-                        let u = format!("{p}-{b}-{i}-{filler}");
-                        let mut e = event(&format!("flood-{p}-{b}-{i}"), &u);
-                        e["app"]["version"] = json!(u);
-                        e["os"]["version"] = json!(u);
-                        e["exception"]["type"] = json!(u);
-                        e
-                    })
-                    .collect();
-                let r = client.post(&url).json(&batch).send().await.unwrap();
-                match r.status().as_u16() {
-                    202 => {
-                        accepted += BATCH;
-                        b += 1;
-                    }
-                    429 => tokio::time::sleep(Duration::from_millis(200)).await,
-                    other => panic!("flood batch answered {other}: {:?}", r.text().await),
-                }
-            }
-        }
-    });
+    let posters = flood(&client, node, EVENTS, POSTERS, BATCH);
     let watcher = async {
         // A dashboard client polling meanwhile.
         for _ in 0..20 {
@@ -390,27 +360,8 @@ async fn a_flood_of_unique_strings_is_counted_exactly_in_bounded_memory() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     };
-    tokio::join!(join_all(posters), watcher);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let snap = loop {
-        let snap: Value = client
-            .get(format!("{}/api/v1/stats", node.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if snap["stats"]["total"] == EVENTS as u64 {
-            break snap;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "counted {} of {EVENTS}",
-            snap["stats"]["total"]
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    tokio::join!(posters, watcher);
+    let snap = counted(&client, node, EVENTS as u64).await;
     for dim in [
         "app_version",
         "os_version",
@@ -431,9 +382,162 @@ async fn a_flood_of_unique_strings_is_counted_exactly_in_bounded_memory() {
         status_bytes(node.pid(), "VmRSS") / MIB
     );
     assert!(
-        peak < start_rss + 512 * MIB,
+        peak < start_rss + 256 * MIB,
         "peak RSS {} MiB from {} MiB at start",
         peak / MIB,
         start_rss / MIB
     );
+}
+
+/// Posts `events` crashes, each with a unique 4 KB string in four dimensions, from `posters`
+/// concurrent clients in batches of `batch`, waiting out 429s.
+async fn flood(
+    client: &reqwest::Client,
+    node: &ProcNode,
+    events: usize,
+    posters: usize,
+    batch: usize,
+) {
+    let filler = "x".repeat(4000);
+    let posters = (0..posters).map(|p| {
+        let url = format!("{}/api/v1/crashes", node.url);
+        let filler = &filler;
+        async move {
+            let mut accepted = 0usize;
+            let mut b = 0usize;
+            while accepted < events / posters {
+                let body: Vec<Value> = (0..batch)
+                    .map(|i| {
+                        let u = format!("{p}-{b}-{i}-{filler}");
+                        let mut e = event(&format!("flood-{p}-{b}-{i}"), &u);
+                        e["app"]["version"] = json!(u);
+                        e["os"]["version"] = json!(u);
+                        e["exception"]["type"] = json!(u);
+                        e
+                    })
+                    .collect();
+                let r = client.post(&url).json(&body).send().await.unwrap();
+                match r.status().as_u16() {
+                    202 => {
+                        accepted += batch;
+                        b += 1;
+                    }
+                    429 => tokio::time::sleep(Duration::from_millis(200)).await,
+                    other => panic!("flood batch answered {other}: {:?}", r.text().await),
+                }
+            }
+        }
+    });
+    join_all(posters).await;
+}
+
+/// Waits (bounded) until the node's snapshot counts `total` crashes; returns it.
+async fn counted(client: &reqwest::Client, node: &ProcNode, total: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let snap: Value = client
+            .get(format!("{}/api/v1/stats", node.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if snap["stats"]["total"] == total {
+            return snap;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counted {} of {total}",
+            snap["stats"]["total"]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Resets the peak RSS (`VmHWM`) of `pid` to its current RSS (`clear_refs`, value 5).
+fn reset_peak(pid: i32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+}
+
+/// Rule (issue 13, shared snapshots): every WebSocket subscriber and every `GET` is sent the
+/// one serialized snapshot (no copy per client, no computation per subscriber), and
+/// subscribers past the cap (400 here) are refused with 503. After a flood of unique strings
+/// (the heaviest state the caps allow), 500 subscribers and then 1,500 concurrent `GET`s keep
+/// the node's peak RSS within 256 MiB of where it was, and a normal client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundreds_of_subscribers_and_concurrent_gets_share_one_snapshot() {
+    const EVENTS: u64 = 20_000;
+    let c = ProcCluster::start(1, &["--workers", "2", "--max-ws-subscribers", "400"]).await;
+    let node = &c.nodes[0];
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    flood(&client, node, EVENTS as usize, 4, 40).await;
+    counted(&client, node, EVENTS).await;
+    reset_peak(node.pid());
+    let before = status_bytes(node.pid(), "VmRSS");
+
+    let ws_url = format!("{}/api/v1/stats/live", node.url.replace("http://", "ws://"));
+    let subscribers = join_all((0..500).map(|_| async {
+        use futures_util::StreamExt as _;
+        match tokio_tungstenite::connect_async(&ws_url).await {
+            Ok((mut ws, _)) => {
+                let first = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                    .await
+                    .expect("a snapshot on connect")
+                    .unwrap()
+                    .unwrap();
+                let snap: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+                assert_eq!(snap["stats"]["total"], EVENTS);
+                Ok(ws)
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+            Err(e) => panic!("WebSocket connect failed: {e}"),
+        }
+    }))
+    .await;
+    let (open, refused): (Vec<_>, Vec<_>) = subscribers.into_iter().partition(Result::is_ok);
+    assert_eq!(open.len(), 400);
+    let refused: Vec<u16> = refused.into_iter().filter_map(Result::err).collect();
+    assert!(refused.iter().all(|s| *s == 503), "{refused:?}");
+    let m = c.metrics(0).await.unwrap();
+    assert_eq!(m["crashgrid_websocket_subscribers"], 400.0);
+    assert_eq!(m["crashgrid_websocket_refused_total"], 100.0);
+
+    let gets = join_all((0..1500).map(|_| async {
+        let r = client
+            .get(format!("{}/api/v1/stats", node.url))
+            .send()
+            .await
+            .expect("every GET is answered");
+        assert_eq!(r.status(), 200);
+        let snap: Value = r.json().await.unwrap();
+        snap["stats"]["total"].as_u64()
+    }))
+    .await;
+    assert!(gets.iter().all(|t| *t == Some(EVENTS)));
+    normal_post(&client, node, "after-subscribers").await;
+    let peak = status_bytes(node.pid(), "VmHWM");
+    eprintln!(
+        "400 subscribers + 1500 GETs: RSS before {} MiB, peak {} MiB",
+        before / MIB,
+        peak / MIB
+    );
+    assert!(
+        peak < before + 256 * MIB,
+        "peak RSS {} MiB from {} MiB",
+        peak / MIB,
+        before / MIB
+    );
+    drop(open);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.metrics(0).await.unwrap()["crashgrid_websocket_subscribers"] > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "closed subscribers are not released"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
