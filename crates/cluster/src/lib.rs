@@ -53,7 +53,7 @@ pub use grid::{
 };
 pub use membership::{Heartbeat, Member, MemberList, Membership, MembershipConfig, NodeInfo};
 pub use rpc::{
-    call_json, call_with_retry, decode_json, encode_json, serve as serve_rpc, Handler,
+    call_json, call_with_retry, decode_json, encode_json, serve as serve_rpc, Handler, LogEvery,
     MemoryNetwork, MemoryTransport, RetryPolicy, RpcConfig, RpcError, RpcStats, TcpTransport,
     Transport,
 };

@@ -58,42 +58,6 @@ impl Gauge {
     }
 }
 
-/// A log line allowed at most once per `every`, reporting how many were held back meanwhile,
-/// so a flood of bad connections cannot flood the log.
-#[derive(Debug)]
-pub struct RateLimitedLog {
-    every: std::time::Duration,
-    state: Mutex<(Option<std::time::Instant>, u64)>,
-}
-
-impl RateLimitedLog {
-    /// At most one line per `every`.
-    pub fn new(every: std::time::Duration) -> Self {
-        Self {
-            every,
-            state: Mutex::new((None, 0)),
-        }
-    }
-
-    /// `Some(suppressed)` when a line may be written now, `suppressed` being the number of
-    /// lines held back since the last one; `None` when this one is held back.
-    pub fn allow(&self) -> Option<u64> {
-        let now = std::time::Instant::now();
-        let mut state = self.state.lock();
-        match state.0 {
-            Some(last) if now.duration_since(last) < self.every => {
-                state.1 += 1;
-                None
-            }
-            _ => {
-                let suppressed = std::mem::take(&mut state.1);
-                state.0 = Some(now);
-                Some(suppressed)
-            }
-        }
-    }
-}
-
 /// A counter with one label.
 #[derive(Debug, Default)]
 pub struct LabeledCounter(Mutex<BTreeMap<String, u64>>);

@@ -48,7 +48,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use memory::{MemoryNetwork, MemoryTransport};
-pub use tcp::{serve, TcpTransport};
+pub use tcp::{serve, LogEvery, TcpTransport};
 
 use crate::election::BoxFuture;
 

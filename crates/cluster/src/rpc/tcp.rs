@@ -116,6 +116,8 @@ pub async fn serve(
     config.validate()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
+    let rejections = Arc::new(LogEvery::new(Duration::from_secs(10)));
+    let accept_errors = LogEvery::new(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -123,11 +125,12 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let (config, handler, stats) = (config.clone(), handler.clone(), stats.clone());
+                    let rejections = rejections.clone();
                     let mut stop = stop_rx.clone();
                     tokio::spawn(async move {
                         tokio::select! {
                             _ = stop.wait_for(|s| *s) => {}
-                            r = serve_connection(stream, &config, handler, &stats) => {
+                            r = serve_connection(stream, &config, handler, &stats, &rejections) => {
                                 if let Err(e) = r {
                                     tracing::debug!(%peer, error = %e, "rpc connection ended");
                                 }
@@ -136,7 +139,9 @@ pub async fn serve(
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "rpc accept failed");
+                    if let Some(held_back) = accept_errors.allow(tokio::time::Instant::now()) {
+                        tracing::warn!(error = %e, held_back, "rpc accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -146,11 +151,45 @@ pub async fn serve(
     Ok(())
 }
 
+/// Allows one log line per `every`, counting the ones held back: a flood of rejected
+/// connections (a port scan, a misconfigured pod) must not flood the log. Time is passed in.
+#[derive(Debug)]
+pub struct LogEvery {
+    every: Duration,
+    state: parking_lot::Mutex<(Option<tokio::time::Instant>, u64)>,
+}
+
+impl LogEvery {
+    /// At most one line per `every`.
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            state: parking_lot::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held back since the last line)` when a line may be written at `now`.
+    pub fn allow(&self, now: tokio::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock();
+        match state.0 {
+            Some(last) if now.duration_since(last) < self.every => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                state.0 = Some(now);
+                Some(std::mem::take(&mut state.1))
+            }
+        }
+    }
+}
+
 async fn serve_connection(
     mut stream: TcpStream,
     config: &RpcConfig,
     handler: Arc<dyn Handler>,
     stats: &RpcStats,
+    rejections: &LogEvery,
 ) -> Result<(), RpcError> {
     let mut challenge = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut challenge);
@@ -169,10 +208,14 @@ async fn serve_connection(
             .rejected_unauthenticated
             .fetch_add(1, Ordering::Relaxed);
         let _ = stream.write_all(&[REJECTED]).await;
-        tracing::warn!(
-            peer = ?stream.peer_addr().ok(),
-            "rpc connection rejected: wrong or missing cluster secret"
-        );
+        if let Some(held_back) = rejections.allow(tokio::time::Instant::now()) {
+            tracing::warn!(
+                peer = ?stream.peer_addr().ok(),
+                held_back,
+                "rpc connection rejected: wrong or missing cluster secret (at most one such \
+                 line per 10 s; held_back counts the others, all are in the rejected metric)"
+            );
+        }
         return Err(RpcError::Unauthenticated);
     }
     stream.write_all(&[ACCEPTED]).await.map_err(io)?;
@@ -410,5 +453,25 @@ impl Transport for TcpTransport {
 
     fn stats(&self) -> Arc<RpcStats> {
         self.stats.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rule (issue 13): a flood of rejected connections writes one line per period, and the
+    /// next line says how many were held back.
+    #[test]
+    fn log_lines_are_limited_to_one_per_period_and_count_the_rest() {
+        let log = LogEvery::new(Duration::from_secs(10));
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(log.allow(t0), Some(0));
+        for i in 1..2000u64 {
+            assert_eq!(log.allow(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(log.allow(t0 + Duration::from_secs(10)), Some(1999));
+        assert_eq!(log.allow(t0 + Duration::from_secs(11)), None);
+        assert_eq!(log.allow(t0 + Duration::from_secs(21)), Some(1));
     }
 }

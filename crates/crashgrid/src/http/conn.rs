@@ -32,7 +32,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use super::HttpConfig;
-use crate::metrics::RateLimitedLog;
 use crate::node::Node;
 
 /// File descriptors kept free for everything that is not an HTTP connection: the RPC
@@ -108,7 +107,7 @@ pub async fn run(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
         .max_buf_size(64 << 10);
-    let accept_log = RateLimitedLog::new(Duration::from_secs(1));
+    let accept_log = cluster::LogEvery::new(Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -120,7 +119,7 @@ pub async fn run(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     metrics.http_accept_errors.inc();
-                    if let Some(suppressed) = accept_log.allow() {
+                    if let Some(suppressed) = accept_log.allow(tokio::time::Instant::now()) {
                         tracing::warn!(error = %e, suppressed, "HTTP accept failed");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
