@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// Most crash groups remembered for /api/v1/groups [default: 10000]
     #[arg(long, env = "CRASHGRID_MAX_GROUPS")]
     pub max_groups: Option<usize>,
+    /// Crash groups listed in each snapshot, each with its per-second series (at most 1000)
+    /// [default: 20]
+    #[arg(long, env = "CRASHGRID_TOP_GROUPS")]
+    pub top_groups: Option<usize>,
     /// Most symbolicated addresses in the in-process near cache (~250 bytes each)
     /// [default: 200000]
     #[arg(long, env = "CRASHGRID_FRAME_CACHE_ENTRIES")]
@@ -301,6 +305,7 @@ impl ServeArgs {
             negative_ttl_secs,
             publish_interval_ms,
             max_groups,
+            top_groups,
             frame_cache_entries,
             rpc_listen,
             advertise,
@@ -506,6 +511,12 @@ impl ServeArgs {
         }
         if let Some(n) = self.max_groups {
             node.max_groups = n;
+        }
+        if let Some(n) = self.top_groups {
+            node.window.top_groups = n;
+            node.window
+                .validate()
+                .map_err(|e| anyhow::anyhow!("top_groups: {e}"))?;
         }
         if let Some(n) = self.frame_cache_entries {
             node.frame_cache_entries = n;

@@ -13,16 +13,6 @@ use stats::Snapshot;
 
 use crate::procs::{ProcCluster, LEASE_MS, RETRY_MS};
 
-async fn stats_of(c: &ProcCluster, i: usize) -> Option<Value> {
-    let r = c
-        .client
-        .get(format!("{}/api/v1/stats", c.nodes[i].url))
-        .send()
-        .await
-        .ok()?;
-    r.json().await.ok()
-}
-
 /// Waits until node `i` serves a snapshot with `total` crashes and a cluster-wide backlog of 0
 /// (computed by node `by`, when given).
 async fn until_total_by(
@@ -34,7 +24,7 @@ async fn until_total_by(
 ) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        if let Some(v) = stats_of(c, i).await {
+        if let Some(v) = c.stats_of(i).await {
             if v["stats"]["total"] == total
                 && v["backlog"]["unacked"] == 0
                 && by.is_none_or(|b| v["node"] == b)
@@ -216,7 +206,7 @@ async fn a_resumed_old_leader_cannot_publish_snapshots_that_pods_accept() {
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         for &i in &others {
-            let v = stats_of(&c, i).await.expect("answers");
+            let v = c.stats_of(i).await.expect("answers");
             assert_eq!(
                 v["node"],
                 new.as_str(),

@@ -466,3 +466,15 @@ impl Drop for NatsPod {
         self.kill9();
     }
 }
+
+/// Polls `ok` every 100 ms until it holds; fails the test after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !ok().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

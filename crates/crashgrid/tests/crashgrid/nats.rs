@@ -4,7 +4,6 @@
 //! sink, so what each processed is read back by event id.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -76,18 +75,6 @@ async fn publish_all(js: &jetstream::Context, subject: &str, bodies: &[Bytes]) {
     }
     for ack in acks {
         ack.await.unwrap();
-    }
-}
-
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -286,6 +286,17 @@ impl ProcCluster {
         r.json().await.ok()
     }
 
+    /// `GET /api/v1/stats` of node `i` (None while it does not answer).
+    pub async fn stats_of(&self, i: usize) -> Option<Value> {
+        let r = self
+            .client
+            .get(format!("{}/api/v1/stats", self.nodes[i].url))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
     /// `/metrics` of node `i` (None while it does not answer).
     pub async fn metrics(&self, i: usize) -> Option<std::collections::BTreeMap<String, f64>> {
         let r = self
