@@ -263,8 +263,9 @@ fn symbols_add(files: &[PathBuf], store: PathBuf) -> anyhow::Result<()> {
             Ok(stored) => {
                 for s in stored {
                     println!(
-                        "added {} {} {} {}{} -> {}",
+                        "added {} (code id {}) {} {} {}{} -> {}",
                         s.object.debug_id,
+                        s.object.code_id.as_deref().unwrap_or("none"),
                         s.object.format,
                         s.object.arch,
                         s.object.kind,
@@ -297,6 +298,13 @@ fn symbolicate_file(
 ) -> anyhow::Result<()> {
     let text = std::fs::read(event).with_context(|| format!("reading {}", event.display()))?;
     let event = CrashEvent::from_json(&text)?;
+    // Reading a store that is not there is a mistake (a typo, a missing mount), not an
+    // empty store: opening would create it and every frame would be `missing_symbol`.
+    anyhow::ensure!(
+        store.is_dir(),
+        "the symbol store {} does not exist (create it with `crashgrid symbols add`)",
+        store.display()
+    );
     let cache_dir = cache_dir.unwrap_or_else(|| store.join(".symcache"));
     let store =
         SymbolStore::open(&store).with_context(|| format!("opening store {}", store.display()))?;

@@ -1009,6 +1009,11 @@ impl Node {
             counters.disk_loads,
         );
         e.counter(
+            "crashgrid_symcache_checksum_failures_total",
+            "SymCaches on disk whose checksum did not hold (converted again).",
+            counters.checksum_failures,
+        );
+        e.counter(
             "crashgrid_symcache_negative_hits_total",
             "Lookups answered by a remembered missing or malformed debug file.",
             counters.negative_hits,

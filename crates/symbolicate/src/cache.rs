@@ -48,7 +48,62 @@ use crate::symbolicator::{lookup_in, NameMemo, SourceFrame};
 use crate::symindex::{SymLayout, SymReader};
 
 /// Our own revision of the conversion; bump it when the converter's input or settings change.
-const CACHE_REVISION: u32 = 1;
+/// 2: files end with a checksum trailer.
+const CACHE_REVISION: u32 = 2;
+
+/// The end of every SymCache file on disk: magic, body length (u64 LE), CRC-32 of the body
+/// (u32 LE), flags (u32 LE: [`SYMBOLS_ONLY`]). The body is the SymCache as `symbolic` wrote
+/// it.
+///
+/// SymCaches live on local disk for months and are trusted on load: a flipped bit in a
+/// header is caught by the format's own checks, but one in a string or range table would
+/// silently give wrong names and lines. So every load checks the body's CRC-32 (gigabytes per
+/// second; it detects every burst error up to 32 bits and all but 1 in 4 billion others). A
+/// mismatch is logged and counted ([`CacheCounters::checksum_failures`]) and the SymCache is
+/// converted again from the debug file.
+const TRAILER_MAGIC: &[u8; 8] = b"CGSYMCK1";
+const TRAILER_LEN: usize = 24;
+/// Trailer flag: the debug info could not be read; the SymCache holds the symbol table only.
+const SYMBOLS_ONLY: u32 = 1;
+
+/// `converted`'s SymCache followed by its trailer.
+fn with_trailer(converted: Converted) -> Vec<u8> {
+    let mut body = converted.bytes;
+    let len = body.len() as u64;
+    let crc = crc32fast::hash(&body);
+    let flags = if converted.symbols_only.is_some() {
+        SYMBOLS_ONLY
+    } else {
+        0
+    };
+    body.extend_from_slice(TRAILER_MAGIC);
+    body.extend_from_slice(&len.to_le_bytes());
+    body.extend_from_slice(&crc.to_le_bytes());
+    body.extend_from_slice(&flags.to_le_bytes());
+    body
+}
+
+/// The trailer's flags, if `file` is a body with its intact trailer.
+fn trailer_holds(file: &[u8]) -> Result<u32, &'static str> {
+    let Some(body_len) = file.len().checked_sub(TRAILER_LEN) else {
+        return Err("shorter than its trailer");
+    };
+    let (body, trailer) = file.split_at(body_len);
+    if &trailer[..8] != TRAILER_MAGIC {
+        return Err("no checksum trailer");
+    }
+    let len = u64::from_le_bytes(trailer[8..16].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(trailer[16..20].try_into().expect("4 bytes"));
+    if len != body_len as u64 {
+        return Err("length mismatch");
+    }
+    if crc32fast::hash(body) != crc {
+        return Err("checksum mismatch");
+    }
+    Ok(u32::from_le_bytes(
+        trailer[20..24].try_into().expect("4 bytes"),
+    ))
+}
 
 /// Why no SymCache is available for a debug id. Cached, hence plain data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +148,7 @@ pub struct LoadedSymCache {
     bytes: ByteView<'static>,
     layout: SymLayout,
     arch: Arch,
+    symbols_only: bool,
     generation: u64,
     pub(crate) names: NameMemo,
 }
@@ -102,7 +158,11 @@ pub struct LoadedSymCache {
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl LoadedSymCache {
-    fn new(bytes: ByteView<'static>, debug_id: DebugId) -> Result<Self, CacheError> {
+    fn new(
+        bytes: ByteView<'static>,
+        debug_id: DebugId,
+        symbols_only: bool,
+    ) -> Result<Self, CacheError> {
         let layout = SymLayout::parse(&bytes).map_err(|e| CacheError::Malformed {
             debug_id,
             reason: format!("symcache: {e}"),
@@ -112,8 +172,15 @@ impl LoadedSymCache {
             arch: Arch::from_u32(layout.arch()),
             bytes,
             layout,
+            symbols_only,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         })
+    }
+
+    /// Whether the debug file's debug info was unreadable and this SymCache holds only its
+    /// symbol table (function names, no files or lines).
+    pub fn symbols_only(&self) -> bool {
+        self.symbols_only
     }
 
     /// The CPU architecture of the debug file.
@@ -191,6 +258,8 @@ pub struct CacheCounters {
     pub disk_loads: u64,
     /// Lookups answered by a remembered failure.
     pub negative_hits: u64,
+    /// SymCaches on disk whose checksum did not hold (converted again).
+    pub checksum_failures: u64,
 }
 
 /// Converted SymCaches for the debug files of a [`SymbolStore`].
@@ -302,15 +371,26 @@ impl SymCaches {
     fn load_or_convert(&self, debug_id: &DebugId) -> Result<LoadedSymCache, CacheError> {
         let path = self.cache_path(debug_id);
         if let Ok(bytes) = ByteView::open(&path) {
-            match LoadedSymCache::new(bytes, *debug_id) {
-                Ok(loaded) if loaded.is_latest() => {
-                    self.counters.lock().disk_loads += 1;
-                    return Ok(loaded);
+            match trailer_holds(&bytes) {
+                Ok(flags) => match LoadedSymCache::new(bytes, *debug_id, flags & SYMBOLS_ONLY != 0)
+                {
+                    Ok(loaded) if loaded.is_latest() => {
+                        self.counters.lock().disk_loads += 1;
+                        return Ok(loaded);
+                    }
+                    _ => tracing::warn!(
+                        path = %path.display(),
+                        "discarding unreadable cached symcache"
+                    ),
+                },
+                Err(why) => {
+                    self.counters.lock().checksum_failures += 1;
+                    tracing::warn!(
+                        path = %path.display(),
+                        why,
+                        "cached symcache is damaged; converting it again"
+                    );
                 }
-                _ => tracing::warn!(
-                    path = %path.display(),
-                    "discarding unreadable cached symcache"
-                ),
             }
         }
         let source = self
@@ -322,28 +402,68 @@ impl SymCaches {
             reason,
         };
         let data = ByteView::open(&source).map_err(|e| malformed(e.to_string()))?;
-        let bytes = convert(&data, debug_id).map_err(malformed)?;
+        let converted = convert(&data, debug_id).map_err(malformed)?;
+        if let Some(why) = &converted.symbols_only {
+            tracing::warn!(%debug_id, error = %why, "the debug info cannot be read; using the symbol table only");
+        }
+        let symbols_only = converted.symbols_only.is_some();
+        let bytes = with_trailer(converted);
         self.counters.lock().conversions += 1;
         if let Err(e) = write_atomic(&path, &bytes) {
             tracing::warn!(path = %path.display(), error = %e, "could not write symcache to disk; keeping it in memory");
         }
-        LoadedSymCache::new(ByteView::from_vec(bytes), *debug_id)
+        LoadedSymCache::new(ByteView::from_vec(bytes), *debug_id, symbols_only)
     }
 }
 
+/// A converted SymCache.
+pub(crate) struct Converted {
+    pub(crate) bytes: Vec<u8>,
+    /// Why the debug info was unreadable, when the SymCache holds only the symbol table.
+    pub(crate) symbols_only: Option<String>,
+}
+
 /// Converts the object with `debug_id` in the debug file `data` into SymCache bytes.
-pub(crate) fn convert(data: &[u8], debug_id: &DebugId) -> Result<Vec<u8>, String> {
+///
+/// When the debug info cannot be read (a damaged `.debug_info`: the converter stops at the
+/// first bad entry) but the object has a symbol table, the SymCache is built from the symbol
+/// table alone, as llvm-symbolizer falls back to it: frames get function names without files
+/// and lines, and the module reports `symbols_only` rather than every frame `malformed`.
+pub(crate) fn convert(data: &[u8], debug_id: &DebugId) -> Result<Converted, String> {
     let archive = parse_archive(data).map_err(|e| e.to_string())?;
     let object = select(&archive, debug_id)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("the stored file holds no object {debug_id}"))?;
+    let serialize = |converter: SymCacheConverter<'_>| {
+        let mut out = Vec::new();
+        converter
+            .serialize(&mut std::io::Cursor::new(&mut out))
+            .map_err(|e| format!("serialization failed: {e}"))?;
+        Ok::<_, String>(out)
+    };
     let mut converter = SymCacheConverter::new();
-    converter
-        .process_object(&object)
-        .map_err(|e| format!("conversion failed: {e}"))?;
-    let mut out = Vec::new();
-    converter
-        .serialize(&mut std::io::Cursor::new(&mut out))
-        .map_err(|e| format!("serialization failed: {e}"))?;
-    Ok(out)
+    let error = match converter.process_object(&object) {
+        Ok(()) => {
+            return Ok(Converted {
+                bytes: serialize(converter)?,
+                symbols_only: None,
+            })
+        }
+        Err(e) => format!("conversion failed: {e}"),
+    };
+    let mut symbols = SymCacheConverter::new();
+    symbols.set_arch(object.arch());
+    symbols.set_debug_id(object.debug_id());
+    let mut n = 0usize;
+    for symbol in object.symbols() {
+        symbols.process_symbolic_symbol(&symbol);
+        n += 1;
+    }
+    if n == 0 {
+        return Err(error);
+    }
+    Ok(Converted {
+        bytes: serialize(symbols)?,
+        symbols_only: Some(error),
+    })
 }

@@ -327,6 +327,40 @@ pub(crate) fn seconds_to_ms(secs: f64) -> Option<i64> {
         .then(|| (secs * 1000.0).round() as i64)
 }
 
+/// The debug id of a module that reports only its code id, as Breakpad, Sentry and
+/// Symbolicator derive it:
+///
+/// * `elf`: the build-id's first 16 bytes (zero-padded when shorter) read as a little-endian
+///   GUID (the first three fields byte-swapped), age 0: the debug id `dump_syms` and the store
+///   give the ELF file. Every mobile and desktop target is little-endian, so this assumes so.
+/// * `macho`: the code id is the image's UUID, which is its debug id.
+/// * `pe` (and anything else): the code id (timestamp and size) says nothing of the PDB's
+///   GUID, so there is none.
+pub fn debug_id_from_code_id(ty: &str, code_id: &str) -> Option<DebugId> {
+    let hex = code_id.as_bytes();
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = hex
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect();
+    let bytes = bytes?;
+    match ty {
+        "elf" => {
+            let mut guid = [0u8; 16];
+            let n = bytes.len().min(16);
+            guid[..n].copy_from_slice(&bytes[..n]);
+            DebugId::from_guid_age(&guid, 0).ok()
+        }
+        "macho" if bytes.len() == 16 => {
+            let uuid = symbolic::common::Uuid::from_slice(&bytes).ok()?;
+            Some(DebugId::from_uuid(uuid))
+        }
+        _ => None,
+    }
+}
+
 /// Parses an RFC 3339 timestamp (`2026-11-25T09:30:00.250Z`, `...+02:00`) to Unix milliseconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
@@ -496,12 +530,14 @@ impl CrashEvent {
                 .get("image_size")
                 .map(|v| m.addr("image_size", v))
                 .transpose()?;
+            let ty = m.req_str("type")?;
+            let code_id = code_id.map(|c| c.to_ascii_lowercase());
             modules.push(Module {
-                ty: m.req_str("type")?,
+                debug_id: debug_id.or_else(|| debug_id_from_code_id(&ty, code_id.as_deref()?)),
+                ty,
                 code_file: m.opt_str("code_file")?,
                 debug_file: m.opt_str("debug_file")?,
-                debug_id,
-                code_id: code_id.map(|c| c.to_ascii_lowercase()),
+                code_id,
                 image_addr: m.addr("image_addr", m.req("image_addr")?)?,
                 image_size,
             });

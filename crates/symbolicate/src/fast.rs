@@ -12,8 +12,8 @@ use serde::Deserialize;
 use symbolic::common::DebugId;
 
 use crate::event::{
-    limits, parse_hex, parse_rfc3339, seconds_to_ms, AddrMode, App, CrashEvent, Exception, Frame,
-    Module, Os, Thread,
+    debug_id_from_code_id, limits, parse_hex, parse_rfc3339, seconds_to_ms, AddrMode, App,
+    CrashEvent, Exception, Frame, Module, Os, Thread,
 };
 
 /// An address: hex string or non-negative integer.
@@ -224,12 +224,14 @@ fn convert(raw: RawEvent<'_>) -> Option<CrashEvent> {
             Some(a) => Some(a.0?),
             None => None,
         };
+        let ty = s(m.ty)?;
+        let code_id = code_id.map(|c| c.to_ascii_lowercase());
         modules.push(Module {
-            ty: s(m.ty)?,
+            debug_id: debug_id.or_else(|| debug_id_from_code_id(&ty, code_id.as_deref()?)),
+            ty,
             code_file: opt(m.code_file)?,
             debug_file: opt(m.debug_file)?,
-            debug_id,
-            code_id: code_id.map(|c| c.to_ascii_lowercase()),
+            code_id,
             image_addr: m.image_addr.0?,
             image_size,
         });

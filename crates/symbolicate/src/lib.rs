@@ -34,8 +34,8 @@ mod symindex;
 pub use cache::{CacheConfig, CacheCounters, CacheError, LoadedSymCache, SymCaches};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use event::{
-    limits, parse_rfc3339, AddrMode, App, CrashEvent, EventError, Exception, Frame, Module, Os,
-    Thread,
+    debug_id_from_code_id, limits, parse_rfc3339, AddrMode, App, CrashEvent, EventError, Exception,
+    Frame, Module, Os, Thread,
 };
 pub use frames::{FrameCache, FrameCacheStats};
 pub use object::{inspect, ObjectError, ObjectInfo};

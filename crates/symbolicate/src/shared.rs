@@ -63,6 +63,7 @@ use crate::store::{IndexChange, StoreError, StoredFile};
 use crate::symbolicator::{
     caller_address, lookup_in, push_found, unresolved_frame, EventMeta, FrameStatus, ModuleReport,
     SourceFrame, SymbolicatedCrash, SymbolicatedFrame, SymbolicatedThread, Symbolicator,
+    SYMBOLS_ONLY_NOTE,
 };
 
 /// The key of one frame lookup in a shared cache (see the module docs).
@@ -113,6 +114,9 @@ pub enum FrameValue {
         frames: Arc<[SourceFrame]>,
         /// When it was computed, Unix milliseconds.
         at_ms: u64,
+        /// The debug file's debug info was unreadable: `frames` come from its symbol table.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        symbols_only: bool,
     },
     /// No debug file is stored for the module.
     Missing {
@@ -255,22 +259,25 @@ impl Symbolicator {
         for (debug_id, idx) in groups {
             let looked_up = self.caches.get(&debug_id).and_then(|cache| {
                 let arch = cache.arch();
-                cache.with(|sc| {
-                    idx.iter()
-                        .map(|&i| {
-                            let addr = keys[i].lookup_addr(arch);
-                            (addr, lookup_in(sc, &cache.names, addr))
-                        })
-                        .collect::<Vec<_>>()
-                })
+                cache
+                    .with(|sc| {
+                        idx.iter()
+                            .map(|&i| {
+                                let addr = keys[i].lookup_addr(arch);
+                                (addr, lookup_in(sc, &cache.names, addr))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .map(|found| (found, cache.symbols_only()))
             });
             match looked_up {
-                Ok(found) => {
+                Ok((found, symbols_only)) => {
                     for (&i, (lookup_addr, frames)) in idx.iter().zip(found) {
                         out[i] = Some(FrameValue::Found {
                             lookup_addr,
                             frames: frames.into(),
                             at_ms,
+                            symbols_only,
                         });
                     }
                 }
@@ -426,6 +433,9 @@ impl Symbolicator {
             .map(|(i, module)| {
                 let (debug_status, debug_error) = match module_key.get(&i).map(|&k| &values[k]) {
                     None => ("unused", None),
+                    Some(FrameValue::Found {
+                        symbols_only: true, ..
+                    }) => ("symbols_only", Some(SYMBOLS_ONLY_NOTE.to_string())),
                     Some(FrameValue::Found { .. }) => ("found", None),
                     Some(FrameValue::Missing { .. }) => (
                         "missing",
@@ -516,6 +526,7 @@ mod tests {
                 lookup_addr: 0x1234,
                 frames,
                 at_ms: 5,
+                symbols_only: false,
             },
             FrameValue::Missing { at_ms: 6 },
             FrameValue::Malformed {

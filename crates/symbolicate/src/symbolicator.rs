@@ -146,12 +146,17 @@ pub struct ModuleReport {
     /// The module as reported.
     #[serde(flatten)]
     pub module: Module,
-    /// `found`, `missing`, `malformed` or `unused` (no frame pointed into it).
+    /// `found`, `symbols_only` (the debug info is unreadable: names from the symbol table,
+    /// no files or lines), `missing`, `malformed` or `unused` (no frame pointed into it).
     pub debug_status: &'static str,
     /// Why the debug file was unusable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub debug_error: Option<String>,
 }
+
+/// The `debug_error` of a `symbols_only` module.
+pub(crate) const SYMBOLS_ONLY_NOTE: &str =
+    "the debug info cannot be read; function names come from the symbol table, without files or lines";
 
 /// A symbolicated crash event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -572,6 +577,9 @@ impl Symbolicator {
             .map(|(i, module)| {
                 let (debug_status, debug_error) = match loaded.get(&i) {
                     None => ("unused", None),
+                    Some(Ok(cache)) if cache.symbols_only() => {
+                        ("symbols_only", Some(SYMBOLS_ONLY_NOTE.to_string()))
+                    }
                     Some(Ok(_)) => ("found", None),
                     Some(Err(e @ CacheError::Missing(_))) => ("missing", Some(e.to_string())),
                     Some(Err(e)) => ("malformed", Some(e.to_string())),

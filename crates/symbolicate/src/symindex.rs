@@ -636,7 +636,9 @@ mod tests {
     fn breakpad_symcache() -> Vec<u8> {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/libgame.so.sym");
         let id: DebugId = "5a9e8c0f-3b2d-4e1f-8a7b-6c5d4e3f2a1b".parse().unwrap();
-        crate::cache::convert(&std::fs::read(path).unwrap(), &id).unwrap()
+        crate::cache::convert(&std::fs::read(path).unwrap(), &id)
+            .unwrap()
+            .bytes
     }
 
     /// Rule: our parser accepts exactly what `SymCache::parse` accepts and refuses the rest with

@@ -1,6 +1,7 @@
 //! Integration tests of the crashgrid node over real HTTP and WebSocket on loopback.
 
 mod acked;
+mod cli;
 mod distributed;
 mod election;
 mod harness;

@@ -261,3 +261,86 @@ fn cpp_program_agrees_with_llvm_symbolizer_with_demangled_names() {
         "{acc:?}"
     );
 }
+
+/// File offset and size of section `name` in an ELF file, from `readelf -S -W`.
+fn section(binary: &std::path::Path, name: &str) -> (usize, usize) {
+    let out = run(std::process::Command::new("readelf")
+        .args(["-S", "-W"])
+        .arg(binary));
+    let line = out
+        .lines()
+        .find(|l| l.split_whitespace().any(|w| w == name))
+        .unwrap_or_else(|| panic!("no {name} section"));
+    // [Nr] Name Type Address Off Size ...: the fields after the name.
+    let fields: Vec<&str> = line.split(']').nth(1).unwrap().split_whitespace().collect();
+    let hex = |s: &str| usize::from_str_radix(s, 16).unwrap();
+    (hex(fields[3]), hex(fields[4]))
+}
+
+/// Rule (issue 14, damaged debug info): a debug file whose `.debug_info` is damaged still has
+/// a usable symbol table; frames get their function names from it, as llvm-symbolizer does,
+/// and the module reports `symbols_only` (names without files or lines) instead of every
+/// frame being `malformed`. The state survives a restart (the SymCache on disk says so).
+#[test]
+fn a_damaged_debug_info_falls_back_to_the_symbol_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = compile(dir.path(), "cc", "prog", "c", C_SOURCE, &["-g", "-O2"]);
+    let (offset, size) = section(&binary, ".debug_info");
+    let mut bytes = std::fs::read(&binary).unwrap();
+    // Garbage over the compile unit headers and their first entries.
+    for b in &mut bytes[offset..offset + size.min(64)] {
+        *b = 0xff;
+    }
+    let damaged = dir.path().join("damaged");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let store = SymbolStore::open(dir.path().join("store")).unwrap();
+    let stored = store.add_file(&damaged).unwrap();
+    let debug_id = stored[0].object.debug_id;
+    let addrs: Vec<u64> = text_symbols(&damaged)
+        .into_iter()
+        .filter(|s| ["checksum", "crunch", "main"].contains(&s.name.as_str()))
+        .map(|s| s.addr + s.size / 2)
+        .collect();
+    assert_eq!(addrs.len(), 3);
+    let reference = llvm_symbolize(&damaged, &addrs);
+    for restart in 0..2 {
+        let caches = Arc::new(SymCaches::new(
+            SymbolStore::open(dir.path().join("store")).unwrap(),
+            CacheConfig::new(dir.path().join("cache")),
+        ));
+        let symbolicator = Symbolicator::new(caches.clone());
+        assert_eq!(caches.counters().conversions, 0);
+        for (addr, want) in addrs.iter().zip(&reference) {
+            let got = symbolicator.lookup(&debug_id, *addr).unwrap();
+            assert_eq!(got.len(), 1, "{addr:#x}: {got:?}");
+            assert_eq!(
+                &*got[0].function, want[0].function,
+                "{addr:#x} (restart {restart})"
+            );
+            assert_eq!(got[0].abs_path, None);
+        }
+        let loaded = caches.get(&debug_id).unwrap();
+        assert!(loaded.symbols_only());
+        let c = caches.counters();
+        assert_eq!((c.conversions, c.disk_loads), (1 - restart, restart));
+        // Through a whole event: the frame is symbolicated, the module says how.
+        let event = symbolicate::CrashEvent::from_json(
+            serde_json::json!({
+                "event_id": "damaged", "timestamp": 1_700_000_000u64,
+                "app": {"id": "a", "version": "1"}, "platform": "linux",
+                "os": {"name": "Linux", "version": "6"}, "exception": {"type": "SIGSEGV"},
+                "modules": [{"type": "elf", "debug_id": debug_id.to_string(), "image_addr": "0x0"}],
+                "threads": [{"crashed": true, "frames": [{"instruction_addr": format!("{:#x}", addrs[0])}]}]
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let crash = symbolicator.symbolicate(&event);
+        assert_eq!(crash.modules[0].debug_status, "symbols_only");
+        assert_eq!(
+            crash.threads[0].frames[0].status,
+            symbolicate::FrameStatus::Symbolicated
+        );
+    }
+}

@@ -240,3 +240,39 @@ fn oversized_arrays_are_rejected_not_cut() {
     assert_eq!(err.field, "threads[0].frames");
     assert!(err.problem.contains("at most"), "{err}");
 }
+
+/// Rule (issue 14, code ids): a module without `debug_id` gets one from its `code_id` as
+/// Breakpad derives it: an ELF build-id's first 16 bytes as a little-endian GUID (age 0),
+/// shorter ones zero-padded; a Mach-O UUID as is; a PE code id (timestamp and size) gives none.
+#[test]
+fn a_debug_id_is_derived_from_a_code_id() {
+    use symbolicate::debug_id_from_code_id as derive;
+    let id = |s: &str| s.parse::<symbolicate::DebugId>().unwrap();
+    assert_eq!(
+        derive("elf", "0102030405060708090a0b0c0d0e0f1011121314"),
+        Some(id("04030201-0605-0807-090a-0b0c0d0e0f10"))
+    );
+    assert_eq!(
+        derive("elf", "01020304"),
+        Some(id("04030201-0000-0000-0000-000000000000"))
+    );
+    assert_eq!(
+        derive("macho", "0102030405060708090a0b0c0d0e0f10"),
+        Some(id("01020304-0506-0708-090a-0b0c0d0e0f10"))
+    );
+    assert_eq!(derive("pe", "5f0a3b2c1d000"), None);
+    assert_eq!(derive("elf", "abc"), None, "odd length");
+    // Through the parser, both paths: the module's debug id is the derived one.
+    let mut v = valid();
+    v["modules"][1]["code_id"] = serde_json::json!("0102030405060708090a0b0c0d0e0f1011121314");
+    let text = serde_json::to_vec(&v).unwrap();
+    for e in [
+        CrashEvent::from_value(&v).unwrap(),
+        CrashEvent::from_json(&text).unwrap(),
+    ] {
+        assert_eq!(
+            e.modules[1].debug_id,
+            Some(id("04030201-0605-0807-090a-0b0c0d0e0f10"))
+        );
+    }
+}

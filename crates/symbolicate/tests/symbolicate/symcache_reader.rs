@@ -252,6 +252,18 @@ fn truncated_cached_symcaches_are_discarded() {
     }
 }
 
+/// A cached SymCache file with its checksum trailer recomputed over the (changed) body: the
+/// trailer is magic, body length u64, CRC-32 u32, flags u32, all little-endian (`cache.rs`).
+fn reseal(file: &[u8]) -> Vec<u8> {
+    let (body, trailer) = file.split_at(file.len() - 24);
+    assert_eq!(&trailer[..8], b"CGSYMCK1");
+    let mut out = body.to_vec();
+    out.extend_from_slice(&trailer[..16]);
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(&trailer[20..]);
+    out
+}
+
 /// Rule: a cached SymCache that reads well but whose inline chains are cycles (every range's
 /// location inlined into itself) is answered without hanging: each chain ends after at most as
 /// many frames as there are locations.
@@ -270,6 +282,8 @@ fn cyclic_inline_chains_in_a_cached_symcache_end() {
         let inlined_into = at + 16 * i + 12;
         bytes[inlined_into..inlined_into + 4].copy_from_slice(&(i as u32).to_ne_bytes());
     }
+    // As a converter bug would write it: with a checksum that holds over the cycles.
+    let bytes = reseal(&bytes);
     std::fs::write(&path, &bytes).unwrap();
     SymCache::parse(&bytes).expect("still a readable SymCache");
 
