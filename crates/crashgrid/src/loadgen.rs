@@ -1140,12 +1140,19 @@ mod tests {
         c.gzip = false;
         let report = run(c, std::future::pending()).await.unwrap();
         assert_accounted(&report);
-        assert_eq!((report.sent, report.accepted), (100, 100));
+        // How many events the generator made before the end depends on when its thread got a
+        // core (at most rate × duration = 100); every one of them is accepted, including the
+        // two batches answered 503 and resent.
+        assert!(report.sent >= 20 && report.sent <= 100, "{report:?}");
+        assert_eq!(report.accepted, report.sent, "{report:?}");
         assert_eq!(report.errors, 2);
         assert_eq!(report.retried_429, 0);
         assert!(report.first_error.as_deref().unwrap().contains("503"));
         let ids = server.accepted_ids.lock().clone();
-        assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 100);
+        assert_eq!(
+            ids.iter().collect::<BTreeSet<_>>().len() as u64,
+            report.accepted
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

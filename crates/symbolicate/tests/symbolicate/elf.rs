@@ -90,7 +90,7 @@ int main(int argc, char **) {
 }
 "#;
 
-struct Built {
+pub(crate) struct Built {
     _dir: tempfile::TempDir,
     binary: std::path::PathBuf,
     symbolicator: Symbolicator,
@@ -100,6 +100,11 @@ struct Built {
 fn build(compiler: &str, ext: &str, source: &str) -> Built {
     let dir = tempfile::tempdir().unwrap();
     let binary = compile(dir.path(), compiler, "prog", ext, source, &["-g", "-O2"]);
+    stored(dir, binary)
+}
+
+/// `binary` (in `dir`) added to a store of its own, with a symbolicator over it.
+pub(crate) fn stored(dir: tempfile::TempDir, binary: std::path::PathBuf) -> Built {
     let store = SymbolStore::open(dir.path().join("store")).unwrap();
     let stored = store.add_file(&binary).unwrap();
     assert_eq!(stored.len(), 1);
@@ -133,9 +138,18 @@ fn normalize(name: &str) -> String {
         .replace("> >", ">>")
 }
 
-/// Rule: crashgrid answers exactly what llvm-symbolizer answers — function, file and line of
-/// every frame of the inline chain, innermost first.
-fn agree_with_llvm(built: &Built, addrs: &[u64]) -> usize {
+/// One address where crashgrid and llvm-symbolizer disagree.
+#[derive(Debug)]
+pub(crate) struct Mismatch {
+    pub addr: u64,
+    pub got: Vec<LlvmFrame>,
+    pub want: Vec<LlvmFrame>,
+}
+
+/// Every address of `addrs` where crashgrid's answer (function, file and line of every frame
+/// of the inline chain, innermost first) differs from llvm-symbolizer's; and how many
+/// addresses had an inline chain.
+pub(crate) fn compare_with_llvm(built: &Built, addrs: &[u64]) -> (Vec<Mismatch>, usize) {
     let expected = llvm_symbolize(&built.binary, addrs);
     let mut inlined = 0;
     let mut mismatches = Vec::new();
@@ -161,11 +175,20 @@ fn agree_with_llvm(built: &Built, addrs: &[u64]) -> usize {
             inlined += 1;
         }
         if got != want {
-            mismatches.push(format!(
-                "{addr:#x}: crashgrid {got:?}\n        llvm {want:?}"
-            ));
+            mismatches.push(Mismatch {
+                addr: *addr,
+                got,
+                want,
+            });
         }
     }
+    (mismatches, inlined)
+}
+
+/// Rule: crashgrid answers exactly what llvm-symbolizer answers — function, file and line of
+/// every frame of the inline chain, innermost first.
+fn agree_with_llvm(built: &Built, addrs: &[u64]) -> usize {
+    let (mismatches, inlined) = compare_with_llvm(built, addrs);
     assert!(
         mismatches.is_empty(),
         "{} of {} addresses disagree, first:\n{}",
@@ -174,7 +197,10 @@ fn agree_with_llvm(built: &Built, addrs: &[u64]) -> usize {
         mismatches
             .iter()
             .take(10)
-            .cloned()
+            .map(|m| format!(
+                "{:#x}: crashgrid {:?}\n        llvm {:?}",
+                m.addr, m.got, m.want
+            ))
             .collect::<Vec<_>>()
             .join("\n")
     );

@@ -6,5 +6,6 @@ mod elf;
 mod events;
 mod formats;
 mod pipeline;
+mod realcode;
 mod shared;
 mod symcache_reader;
