@@ -30,6 +30,7 @@
 //! A loaded SymCache is answered from memory without consulting the clock: only remembered
 //! failures expire.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use symbolic::common::{Arch, ByteView, DebugId};
+use symbolic::debuginfo::Object;
 use symbolic::symcache::{SymCacheConverter, SYMCACHE_VERSION};
 
 use crate::clock::{Clock, SystemClock};
@@ -48,8 +50,8 @@ use crate::symbolicator::{lookup_in, NameMemo, SourceFrame};
 use crate::symindex::{SymLayout, SymReader};
 
 /// Our own revision of the conversion; bump it when the converter's input or settings change.
-/// 2: files end with a checksum trailer.
-const CACHE_REVISION: u32 = 2;
+/// 2: files end with a checksum trailer. 3: line rows for functions without DWARF ranges.
+const CACHE_REVISION: u32 = 3;
 
 /// The end of every SymCache file on disk: magic, body length (u64 LE), CRC-32 of the body
 /// (u32 LE), flags (u32 LE: [`SYMBOLS_ONLY`]). The body is the SymCache as `symbolic` wrote
@@ -423,6 +425,71 @@ pub(crate) struct Converted {
     pub(crate) symbols_only: Option<String>,
 }
 
+/// What `SymCacheConverter::process_object` does (DWARF functions, then the symbol table),
+/// with one correction that makes the answers agree with llvm-symbolizer on GCC output: a
+/// symbol whose code no DWARF function range covers gets a function of its name with the line
+/// rows of that code (`lines.rs`), instead of a name without file and line.
+fn process_with_lines<'d>(
+    converter: &mut SymCacheConverter<'_>,
+    object: &Object<'d>,
+) -> Result<(), String> {
+    use symbolic::common::Name;
+    use symbolic::debuginfo::{FileInfo, Function, LineInfo};
+
+    let session = object.debug_session().map_err(|e| e.to_string())?;
+    converter.set_arch(object.arch());
+    converter.set_debug_id(object.debug_id());
+    let mut covered: Vec<(u64, u64)> = Vec::new();
+    for function in session.functions() {
+        let function = function.map_err(|e| e.to_string())?;
+        covered.push((function.address, function.end_address()));
+        converter.process_symbolic_function(&function);
+    }
+    covered.sort_unstable();
+    let is_covered = |start: u64, end: u64| {
+        let i = covered.partition_point(|r| r.0 < end);
+        covered[..i].iter().rev().take(64).any(|r| r.1 > start)
+    };
+    let mut uncovered: Vec<(u64, u64, String)> = object
+        .symbols()
+        .filter(|s| s.size > 0 && !is_covered(s.address, s.address + s.size))
+        .filter_map(|s| Some((s.address, s.address + s.size, s.name?.into_owned())))
+        .collect();
+    uncovered.sort_unstable();
+    uncovered.dedup_by(|b, a| b.0 < a.1); // overlapping symbols (aliases): keep the first
+    let ranges: Vec<(u64, u64)> = uncovered.iter().map(|u| (u.0, u.1)).collect();
+    let rows = crate::lines::rows_in(object, &ranges);
+    for group in rows.chunk_by(|a, b| a.range == b.range) {
+        let (start, end, name) = &uncovered[group[0].range];
+        let lines = group
+            .iter()
+            .map(|r| LineInfo {
+                address: r.start,
+                size: Some(r.end - r.start),
+                file: FileInfo::new(Cow::Borrowed(&r.dir[..]), Cow::Borrowed(&r.name[..])),
+                line: r.line,
+            })
+            .collect();
+        converter.process_symbolic_function(&Function {
+            address: *start,
+            size: end - start,
+            name: Name::new(
+                Cow::Borrowed(name.as_str()),
+                symbolic::common::NameMangling::Mangled,
+                symbolic::common::Language::Unknown,
+            ),
+            compilation_dir: &group[0].comp_dir,
+            lines,
+            inlinees: Vec::new(),
+            inline: false,
+        });
+    }
+    for symbol in object.symbols() {
+        converter.process_symbolic_symbol(&symbol);
+    }
+    Ok(())
+}
+
 /// Converts the object with `debug_id` in the debug file `data` into SymCache bytes.
 ///
 /// When the debug info cannot be read (a damaged `.debug_info`: the converter stops at the
@@ -442,7 +509,14 @@ pub(crate) fn convert(data: &[u8], debug_id: &DebugId) -> Result<Converted, Stri
         Ok::<_, String>(out)
     };
     let mut converter = SymCacheConverter::new();
-    let error = match converter.process_object(&object) {
+    let converted = match object {
+        // symbolic's own walk undecorates Windows symbol names, which only it can do.
+        Object::Pe(_) | Object::Pdb(_) => {
+            converter.process_object(&object).map_err(|e| e.to_string())
+        }
+        _ => process_with_lines(&mut converter, &object),
+    };
+    let error = match converted {
         Ok(()) => {
             return Ok(Converted {
                 bytes: serialize(converter)?,

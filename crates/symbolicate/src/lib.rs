@@ -25,6 +25,7 @@ mod clock;
 mod event;
 mod fast;
 mod frames;
+mod lines;
 mod object;
 mod shared;
 mod store;

@@ -112,38 +112,35 @@ fn lexical(path: &str) -> String {
     parts.join("/")
 }
 
-/// The classes of disagreement still open (issue 14), each recognised exactly.
+/// The class of disagreement still open (issue 14), recognised exactly: code split off by GCC
+/// (`foo.cold`) where crashgrid and llvm-symbolizer pick different names for the same file
+/// and line (`symbolic` names a range by the symbol at its start; llvm-symbolizer says `foo`
+/// for some cold parts and `foo.cold` for others, a rule not understood yet). Functions whose
+/// DWARF entry has no range were the other class (1.3 % of the addresses) until their lines
+/// came from the line table (`lines.rs`); they now count as any other disagreement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Open {
-    /// The DWARF entry of the function has no address range: crashgrid names it from the
-    /// symbol table, without file and line; llvm-symbolizer takes them from the line table.
-    NoRangeNoLine,
-    /// Code split off by GCC (`foo.cold`): crashgrid gives the symbol's name, llvm-symbolizer
-    /// the DWARF function's (`foo`), same file and line.
     ColdSuffix,
 }
 
 fn open_class(got: &[LlvmFrame], want: &[LlvmFrame]) -> Option<Open> {
-    if let ([g], [w]) = (got, want) {
-        if g.function == w.function && g.file.is_empty() && g.line == 0 && !w.file.is_empty() {
-            return Some(Open::NoRangeNoLine);
-        }
-    }
     let same_but_names = got.len() == want.len()
         && got
             .iter()
             .zip(want)
             .all(|(g, w)| g.file == w.file && g.line == w.line);
     let cold = got.iter().zip(want).any(|(g, w)| {
-        g.function != w.function && g.function.strip_suffix(".cold") == Some(&w.function)
+        g.function != w.function
+            && (g.function.strip_suffix(".cold") == Some(&w.function)
+                || w.function.strip_suffix(".cold") == Some(&g.function))
     });
     (same_but_names && cold).then_some(Open::ColdSuffix)
 }
 
 /// Rule (issue 14): on a real C library, crashgrid agrees with llvm-symbolizer (function,
 /// file modulo `..` resolution, line, whole inline chain) at random addresses, except for the
-/// two open classes above, which are counted and printed; any other disagreement fails, and
-/// lines alone may differ at ≤ 0.1 % of the addresses.
+/// open class above (counted and printed: 21 of 5,000 when written); any other disagreement
+/// fails, and lines alone may differ at ≤ 0.1 % of the addresses.
 #[test]
 fn zstd_agrees_with_llvm_symbolizer_at_random_addresses() {
     let dir = tempfile::tempdir().unwrap();
