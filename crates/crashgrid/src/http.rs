@@ -15,7 +15,6 @@
 //! content encoding), 429 (queue full, with `Retry-After`). A batch is accepted whole or not at
 //! all, so a client can simply resend it.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,14 +29,13 @@ use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use symbolicate::{CrashEvent, StoreError};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::node::Node;
 
 mod conn;
 
-pub use conn::{bind, raise_fd_limit, FD_RESERVE, LISTEN_BACKLOG};
+pub use conn::{bind, raise_fd_limit, run, FD_RESERVE, LISTEN_BACKLOG};
 
 /// Limits of the HTTP API. Each bounds what one client can make the pod hold or wait for;
 /// see `docs/architecture.md` ("Bounds") for the memory they add up to.
@@ -208,18 +206,6 @@ pub fn router(node: Node, config: HttpConfig, ready: Arc<AtomicBool>) -> Router 
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then finishes open requests
-/// (with the connection cap and timeouts of `config`: see `conn.rs`).
-pub async fn run(
-    listener: TcpListener,
-    router: Router,
-    config: &HttpConfig,
-    node: Node,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    conn::run(listener, router, config, node, shutdown).await
 }
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");

@@ -89,7 +89,8 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then finishes open requests.
+/// Serves `router` on `listener` until `shutdown` resolves, then finishes open requests, with
+/// the connection cap and timeouts of `config` (see the module docs).
 pub async fn run(
     listener: TcpListener,
     router: Router,

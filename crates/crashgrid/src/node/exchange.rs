@@ -7,8 +7,10 @@
 //! 2. sends its unacknowledged per-second partials to the leader (`stats.partials`), tagged
 //!    with the leader's epoch; the answer acknowledges jobs, which is when a source (NATS)
 //!    acks its messages. The leader itself accepts its own partials in-process, but releases
-//!    its own jobs only once the standby (the first other member by id) holds a replica
-//!    (`stats.replica`): a leader killed right after acknowledging loses nothing;
+//!    its own jobs only once both standbys (the first [`STANDBYS`] other members by id) hold
+//!    a replica (`stats.replica`): a leader killed right after acknowledging loses nothing,
+//!    and neither does killing the next leader too before it re-replicated what it took over
+//!    (with one standby, the dead leader's own partials then had no copy left);
 //! 3. if it leads: builds the cluster-wide snapshot from its [`Reducer`] and pushes it, with
 //!    its epoch, to every member (`stats.snapshot`); receivers check the epoch with the
 //!    cluster's fence, so a deposed leader's snapshot is never accepted.
@@ -32,6 +34,11 @@ use crate::metrics::Counter;
 /// A pod that has not reported for this long no longer counts in the cluster-wide backlog.
 const BACKLOG_FRESH_SECONDS: u64 = 5;
 
+/// Members that keep a replica of the leader's reducer: 2, so that two failures in a row (the
+/// leader, then the standby that took over, before it re-replicated) lose nothing the leader
+/// acknowledged. Each costs one replica call per partials message.
+const STANDBYS: usize = 2;
+
 /// Timeout of the exchange calls: one round must not stall the next.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -45,8 +52,8 @@ pub(super) struct Exchange {
     replica: Mutex<Reducer>,
     /// Serializes rounds.
     round: tokio::sync::Mutex<()>,
-    /// The standby the replica was last fully synchronised to (while leading).
-    synced_standby: Mutex<Option<(u64, std::net::SocketAddr)>>,
+    /// The standbys the replica was fully synchronised to (while leading), with the epoch.
+    synced_standbys: Mutex<Vec<(u64, std::net::SocketAddr)>>,
     pub(super) counters: ExchangeCounters,
 }
 
@@ -83,7 +90,7 @@ impl Exchange {
             reducer: Mutex::new(None),
             replica: Mutex::new(Reducer::new(window.clone(), now, 0)?),
             round: tokio::sync::Mutex::new(()),
-            synced_standby: Mutex::new(None),
+            synced_standbys: Mutex::new(Vec::new()),
             window,
             counters: ExchangeCounters::default(),
         })
@@ -170,22 +177,21 @@ impl Node {
                 .as_mut()
                 .map(|r| r.accept(message.clone(), now));
             if let Some(Ok(a)) = accepted {
-                // Our own jobs are acknowledged once the standby holds a replica too. A new
-                // standby (the previous one left or died) first gets the whole reducer.
-                let replicated = match standby(&state) {
-                    None => true,
-                    Some(addr) => {
-                        let synced = *ex.synced_standby.lock() == Some((epoch, addr));
-                        if !synced && self.sync_standby(addr).await {
-                            *ex.synced_standby.lock() = Some((epoch, addr));
-                        }
-                        let ok = self.replicate(addr, &message).await;
-                        if !ok {
-                            ex.counters.replica_failed.inc();
-                        }
-                        ok
+                // Our own jobs are acknowledged once every standby holds a replica too. A new
+                // standby (a previous one left or died) first gets the whole reducer.
+                let mut replicated = true;
+                for addr in standbys(&state) {
+                    let synced = ex.synced_standbys.lock().contains(&(epoch, addr));
+                    if !synced && self.sync_standby(addr).await {
+                        let mut synced = ex.synced_standbys.lock();
+                        synced.retain(|(e, _)| *e == epoch);
+                        synced.push((epoch, addr));
                     }
-                };
+                    if !self.replicate(addr, &message).await {
+                        ex.counters.replica_failed.inc();
+                        replicated = false;
+                    }
+                }
                 if replicated {
                     let released = ex.outbox.lock().on_accepted(&a);
                     self.release(released);
@@ -390,14 +396,16 @@ fn peers(state: &cluster::ClusterState) -> Vec<std::net::SocketAddr> {
         .collect()
 }
 
-/// The standby: the first member by id other than the leader itself.
-fn standby(state: &cluster::ClusterState) -> Option<std::net::SocketAddr> {
+/// The standbys: the first [`STANDBYS`] members by id other than the leader itself.
+fn standbys(state: &cluster::ClusterState) -> Vec<std::net::SocketAddr> {
     state
         .members
         .members
         .iter()
-        .find(|m| !m.is_self)
+        .filter(|m| !m.is_self)
+        .take(STANDBYS)
         .map(|m| m.info.addr)
+        .collect()
 }
 
 struct StatsService {
@@ -420,11 +428,12 @@ impl StatsService {
                     r.accept(message.clone(), now)
                         .map_err(|e| RpcError::Remote(e.to_string()))?
                 };
-                // The standby's replica follows, off the answer's path (the pod keeps its
+                // The standbys' replicas follow, off the answer's path (the pod keeps its
                 // own window anyway; the replica matters for pods that leave).
                 if let Some(state) = node.inner.cluster.get().map(|l| l.cluster.state()) {
-                    if let Some(addr) = standby(&state) {
+                    for addr in standbys(&state) {
                         let n = node.clone();
+                        let message = message.clone();
                         tokio::spawn(async move {
                             if !n.replicate(addr, &message).await {
                                 n.inner.exchange.counters.replica_failed.inc();

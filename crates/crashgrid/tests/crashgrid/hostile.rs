@@ -361,7 +361,7 @@ async fn a_flood_of_unique_strings_is_counted_exactly_in_bounded_memory() {
         }
     };
     tokio::join!(posters, watcher);
-    let snap = counted(&client, node, EVENTS as u64).await;
+    let snap = counted(&c, EVENTS as u64).await;
     for dim in [
         "app_version",
         "os_version",
@@ -431,18 +431,11 @@ async fn flood(
     join_all(posters).await;
 }
 
-/// Waits (bounded) until the node's snapshot counts `total` crashes; returns it.
-async fn counted(client: &reqwest::Client, node: &ProcNode, total: u64) -> Value {
+/// Waits (bounded) until node 0's snapshot counts `total` crashes; returns it.
+async fn counted(c: &ProcCluster, total: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let snap: Value = client
-            .get(format!("{}/api/v1/stats", node.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let snap = c.stats_of(0).await.unwrap_or_default();
         if snap["stats"]["total"] == total {
             return snap;
         }
@@ -475,7 +468,7 @@ async fn hundreds_of_subscribers_and_concurrent_gets_share_one_snapshot() {
         .build()
         .unwrap();
     flood(&client, node, EVENTS as usize, 4, 40).await;
-    counted(&client, node, EVENTS).await;
+    counted(&c, EVENTS).await;
     reset_peak(node.pid());
     let before = status_bytes(node.pid(), "VmRSS");
 
