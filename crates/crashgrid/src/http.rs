@@ -634,18 +634,13 @@ impl SnapshotCache {
 }
 
 /// The latest published snapshot (what every subscriber is sent), else, before the first
-/// publish, one computed now.
-async fn published_snapshot(node: &Node) -> Result<Bytes, ApiError> {
-    let published = node.subscribe().borrow().clone();
+/// publish, the one `GET` serves.
+async fn published_snapshot(state: &AppState) -> Result<Bytes, ApiError> {
+    let published = state.node.subscribe().borrow().clone();
     if published.len() > 2 {
         return Ok(shared_text(published));
     }
-    let node = node.clone();
-    tokio::task::spawn_blocking(move || {
-        Bytes::from(serde_json::to_vec(&node.snapshot()).expect("snapshots serialize"))
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    state.snapshots.get(&state.node).await
 }
 
 /// `Bytes` over a shared snapshot text, without copying it.
@@ -754,7 +749,7 @@ async fn stats_live(State(state): State<AppState>, ws: WebSocketUpgrade) -> Resp
     ws.on_upgrade(move |socket| async move {
         let metrics = state.node.metrics();
         metrics.ws_subscribers.inc();
-        live_feed(&state.node, socket).await;
+        live_feed(&state, socket).await;
         metrics.ws_subscribers.dec();
         drop(slot);
     })
@@ -766,10 +761,11 @@ const WS_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends the current snapshot, then every published one. A slow subscriber skips snapshots
 /// rather than queueing them: the feed holds only the newest (a `watch`), shared by all.
-async fn live_feed(node: &Node, mut socket: WebSocket) {
+async fn live_feed(state: &AppState, mut socket: WebSocket) {
+    let node = &state.node;
     let mut snapshots = node.subscribe();
     snapshots.mark_unchanged();
-    let Ok(first) = published_snapshot(node).await else {
+    let Ok(first) = published_snapshot(state).await else {
         return;
     };
     let mut next = Some(first);

@@ -372,30 +372,25 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     assert_eq!(error_of(&r.json().await.unwrap()).0, "overloaded");
 
     // A bad debug file upload names the reason.
-    let r = client
-        .put(format!("{}/api/v1/debug-files/garbage.so", node.url))
-        .body(vec![0u8; 300])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(error_of(&body).0, "invalid_debug_file");
+    let refused_upload = async |name: &str| -> Value {
+        let r = client
+            .put(format!("{}/api/v1/debug-files/{name}", node.url))
+            .body(vec![0u8; 300])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(error_of(&body).0, "invalid_debug_file", "{body}");
+        body
+    };
+    let body = refused_upload("garbage.so").await;
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("garbage.so"));
     // A name no file system takes is a 400 too, and no answer names a server path.
-    let long = format!("{}.so", "n".repeat(300));
-    let r = client
-        .put(format!("{}/api/v1/debug-files/{long}", node.url))
-        .body(vec![0u8; 300])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(error_of(&body).0, "invalid_debug_file", "{body}");
+    let body = refused_upload(&format!("{}.so", "n".repeat(300))).await;
     let data_dir = node.dir.path().display().to_string();
     assert!(!body.to_string().contains(&data_dir), "{body}");
 
