@@ -218,19 +218,43 @@ struct FunctionNames {
 }
 
 impl FunctionNames {
-    /// Names of the function `name` in `language`, demangled as `symbolic`'s
-    /// `Function::name_for_demangling` would be (mangling unknown: detected).
+    /// Names of the function `name` in `language` (see [`demangled_name`]).
     fn of(name: &str, language: u32) -> Self {
         let language = Language::from_u32(language);
-        let demangled = Name::new(name, NameMangling::Unknown, language)
-            .try_demangle(DemangleOptions::complete())
-            .into_owned();
+        let demangled = demangled_name(name, language);
         Self {
             function: demangled.into(),
             raw: name.into(),
             lang: language_name(language),
         }
     }
+}
+
+/// `name` demangled: Itanium C++ names (`_Z…`) by the `demangle` crate, which spells them as
+/// `llvm-symbolizer` does (docs/architecture.md, "Demangling"), kept mangled when it refuses
+/// them, as llvm-symbolizer keeps them; Rust (legacy `_ZN…17h<hash>E` and v0), Swift and MSVC
+/// names by `symbolic`, as is any name that is not mangled.
+pub(crate) fn demangled_name(name: &str, language: Language) -> String {
+    let itanium = (name.starts_with("_Z") || name.starts_with("__Z"))
+        && language != Language::Rust
+        && !is_rust_legacy(name);
+    if itanium {
+        return demangle::demangle(name).unwrap_or_else(|_| name.to_string());
+    }
+    Name::new(name, NameMangling::Unknown, language)
+        .try_demangle(DemangleOptions::complete())
+        .into_owned()
+}
+
+/// A Rust legacy symbol: Itanium-shaped, its last component the hash `17h<16 hex digits>E`
+/// (optionally followed by a `.llvm.…` suffix).
+fn is_rust_legacy(name: &str) -> bool {
+    let name = name.split('.').next().unwrap_or(name).as_bytes();
+    name.strip_suffix(b"E")
+        .and_then(|n| n.len().checked_sub(19).map(|at| &n[at..]))
+        .is_some_and(|tail| {
+            tail.starts_with(b"17h") && tail[3..].iter().all(|b| b.is_ascii_hexdigit())
+        })
 }
 
 /// The strings a lookup returns, memoized per file and per function index of one SymCache (the
@@ -678,5 +702,45 @@ impl SymbolicatedCrash {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rule (issue 14): C++ names go to our demangler (LLVM's spelling), every other mangling
+    /// stays with `symbolic`'s demanglers, and a name no demangler takes is kept as is.
+    #[test]
+    fn each_mangling_goes_to_its_demangler() {
+        let cases = [
+            // Itanium C++, a pack expansion `symbolic`'s demangler got wrong.
+            (
+                "_Z1fIJidEEvDpRKT_",
+                Language::Unknown,
+                "void f<int, double>(int const&, double const&)",
+            ),
+            ("_Z3fooi.cold", Language::Cpp, "foo(int) (.cold)"),
+            // Rust legacy: Itanium-shaped, demangled by rustc-demangle without the hash.
+            (
+                "_ZN4core9panicking5panic17h0123456789abcdefE",
+                Language::Unknown,
+                "core::panicking::panic",
+            ),
+            // Rust v0.
+            (
+                "_RNvNtCs1234_7mycrate3foo3bar",
+                Language::Unknown,
+                "mycrate::foo::bar",
+            ),
+            // MSVC.
+            ("?f@@YAXH@Z", Language::Unknown, "void f(int)"),
+            // Not mangled, and mangled but invalid: kept.
+            ("main", Language::C, "main"),
+            ("_Z3fo", Language::Unknown, "_Z3fo"),
+        ];
+        for (name, lang, want) in cases {
+            assert_eq!(demangled_name(name, lang), want, "{name}");
+        }
     }
 }

@@ -52,8 +52,6 @@
 
 use std::sync::OnceLock;
 
-use symbolic::demangle::Demangle as _;
-
 /// `"SYMC"` as the writer's native `u32`.
 const MAGIC: u32 = u32::from_le_bytes(*b"SYMC");
 /// Size of the magic and version preamble.
@@ -555,11 +553,7 @@ pub fn reference_lookup(
         .map(|loc| {
             let f = loc.function();
             crate::symbolicator::SourceFrame {
-                function: f
-                    .name_for_demangling()
-                    .try_demangle(symbolic::demangle::DemangleOptions::complete())
-                    .into_owned()
-                    .into(),
+                function: crate::symbolicator::demangled_name(f.name(), f.language()).into(),
                 raw_function: f.name().into(),
                 abs_path: loc
                     .file()
