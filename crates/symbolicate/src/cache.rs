@@ -51,7 +51,8 @@ use crate::symindex::{SymLayout, SymReader};
 
 /// Our own revision of the conversion; bump it when the converter's input or settings change.
 /// 2: files end with a checksum trailer. 3: line rows for functions without DWARF ranges.
-const CACHE_REVISION: u32 = 3;
+/// 4: outermost names from the symbol table, line rows that start before a range (`pieces.rs`).
+const CACHE_REVISION: u32 = 4;
 
 /// The end of every SymCache file on disk: magic, body length (u64 LE), CRC-32 of the body
 /// (u32 LE), flags (u32 LE: [`SYMBOLS_ONLY`]). The body is the SymCache as `symbolic` wrote
@@ -426,9 +427,11 @@ pub(crate) struct Converted {
 }
 
 /// What `SymCacheConverter::process_object` does (DWARF functions, then the symbol table),
-/// with one correction that makes the answers agree with llvm-symbolizer on GCC output: a
+/// with corrections that make the answers agree with llvm-symbolizer on GCC output: a
 /// symbol whose code no DWARF function range covers gets a function of its name with the line
-/// rows of that code (`lines.rs`), instead of a name without file and line.
+/// rows of that code (`lines.rs`), instead of a name without file and line; functions are cut
+/// and named by the symbol table, and code whose line row starts before its range gets that
+/// row (`pieces.rs`).
 fn process_with_lines<'d>(
     converter: &mut SymCacheConverter<'_>,
     object: &Object<'d>,
@@ -439,11 +442,23 @@ fn process_with_lines<'d>(
     let session = object.debug_session().map_err(|e| e.to_string())?;
     converter.set_arch(object.arch());
     converter.set_debug_id(object.debug_id());
+    let table = crate::pieces::SymbolTable::of(object);
     let mut covered: Vec<(u64, u64)> = Vec::new();
+    // Pieces with code no line of theirs covers wait for one read of the line table.
+    let mut waiting: Vec<Function<'_>> = Vec::new();
+    let mut wanted: Vec<(u64, u64)> = Vec::new();
     for function in session.functions() {
         let function = function.map_err(|e| e.to_string())?;
         covered.push((function.address, function.end_address()));
-        converter.process_symbolic_function(&function);
+        for piece in crate::pieces::split_by_symbols(function, &table) {
+            let before = wanted.len();
+            crate::pieces::gaps(&piece, &mut wanted);
+            if wanted.len() == before {
+                converter.process_symbolic_function(&piece);
+            } else {
+                waiting.push(piece);
+            }
+        }
     }
     covered.sort_unstable();
     let is_covered = |start: u64, end: u64| {
@@ -457,10 +472,20 @@ fn process_with_lines<'d>(
         .collect();
     uncovered.sort_unstable();
     uncovered.dedup_by(|b, a| b.0 < a.1); // overlapping symbols (aliases): keep the first
-    let ranges: Vec<(u64, u64)> = uncovered.iter().map(|u| (u.0, u.1)).collect();
-    let rows = crate::lines::rows_in(object, &ranges);
-    for group in rows.chunk_by(|a, b| a.range == b.range) {
-        let (start, end, name) = &uncovered[group[0].range];
+    wanted.extend(uncovered.iter().map(|u| (u.0, u.1)));
+    let union = crate::pieces::union(wanted);
+    let rows = crate::pieces::Rows::new(crate::lines::rows_in(object, &union));
+    for mut piece in waiting {
+        crate::pieces::fill(&mut piece, &rows);
+        converter.process_symbolic_function(&piece);
+    }
+    for (start, end, name) in &uncovered {
+        let i = rows.0.partition_point(|r| r.end <= *start);
+        let group: Vec<&crate::lines::Row> =
+            rows.0[i..].iter().take_while(|r| r.start < *end).collect();
+        let Some(first) = group.first() else {
+            continue;
+        };
         let lines = group
             .iter()
             .map(|r| LineInfo {
@@ -478,7 +503,7 @@ fn process_with_lines<'d>(
                 symbolic::common::NameMangling::Mangled,
                 symbolic::common::Language::Unknown,
             ),
-            compilation_dir: &group[0].comp_dir,
+            compilation_dir: &first.comp_dir,
             lines,
             inlinees: Vec::new(),
             inline: false,

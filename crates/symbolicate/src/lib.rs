@@ -27,6 +27,7 @@ mod fast;
 mod frames;
 mod lines;
 mod object;
+mod pieces;
 mod shared;
 mod store;
 mod symbolicator;

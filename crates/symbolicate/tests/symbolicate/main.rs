@@ -7,5 +7,6 @@ mod events;
 mod formats;
 mod pipeline;
 mod realcode;
+mod realcpp;
 mod shared;
 mod symcache_reader;

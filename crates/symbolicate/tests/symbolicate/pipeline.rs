@@ -231,7 +231,7 @@ fn a_restart_loads_the_symcache_from_disk() {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    assert!(rel.starts_with("symcaches/v8.3/"), "{rel}");
+    assert!(rel.starts_with("symcaches/v8.4/"), "{rel}");
 
     let second = caches(&f, ManualClock::default());
     let loaded = second.get(&f.debug_id).unwrap();
