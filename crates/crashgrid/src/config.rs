@@ -25,10 +25,10 @@ pub struct ServeArgs {
     /// Directory for node data [default: ./crashgrid-data]
     #[arg(long, env = "CRASHGRID_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Symbol store directory [default: <data-dir>/symbols]
+    /// Symbol store directory [default: DATA_DIR/symbols]
     #[arg(long, env = "CRASHGRID_STORE_DIR")]
     pub store_dir: Option<PathBuf>,
-    /// SymCache directory, local disk [default: <data-dir>/cache]
+    /// SymCache directory, local disk [default: DATA_DIR/cache]
     #[arg(long, env = "CRASHGRID_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Most events accepted and not yet processed; beyond it POSTs get 429 [default: 20000]
@@ -106,7 +106,7 @@ pub struct ServeArgs {
     /// Static discovery: peers' RPC addresses, comma-separated host:port
     #[arg(long, env = "CRASHGRID_PEERS", value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
-    /// DNS discovery: <headless-service>.<namespace>.svc.cluster.local:<rpc port>
+    /// DNS discovery: SERVICE.NAMESPACE.svc.cluster.local:RPC_PORT (a headless Service)
     #[arg(long, env = "CRASHGRID_DNS_NAME")]
     pub dns_name: Option<String>,
     /// Seconds between DNS re-resolutions [default: 5]
@@ -176,7 +176,7 @@ pub struct ServeArgs {
     /// Subject poison messages are published to [default: crashgrid.dlq]
     #[arg(long, env = "CRASHGRID_NATS_DLQ_SUBJECT")]
     pub nats_dlq_subject: Option<String>,
-    /// Create the stream (and <stream>_DLQ) when missing; for development [default: false]
+    /// Create the stream (and STREAM_DLQ, its dead letters) when missing; for development [default: false]
     #[arg(long, env = "CRASHGRID_NATS_CREATE_STREAM", action = clap::ArgAction::Set)]
     pub nats_create_stream: Option<bool>,
 

@@ -2199,7 +2199,7 @@ impl Truth {
     /// they agree. Meant for a snapshot whose window holds exactly the tallied events.
     ///
     /// The total and every breakdown must match exactly: each listed value its count, and an
-    /// [`OTHER`](stats::OTHER) entry the sum of the values it stands for (a list without one
+    /// [`stats::OTHER`] entry the sum of the values it stands for (a list without one
     /// must name every value). Distinct users are a HyperLogLog estimate, so they must only lie
     /// within `user_tolerance` (relative, e.g. `0.05` ≈ three standard errors at `p = 12`)
     /// or one user of the exact count.

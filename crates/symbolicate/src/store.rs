@@ -46,7 +46,7 @@ pub enum StoreError {
         source: ObjectError,
     },
     /// The upload name cannot be used as a path component (empty, `.`/`..`, a separator or
-    /// NUL, or longer than [`MAX_NAME_BYTES`]).
+    /// NUL, or longer than `MAX_NAME_BYTES`, 200 bytes).
     #[error("invalid debug file name {0:?} (at most 200 bytes, no '/', '\\' or NUL)")]
     InvalidName(String),
 }

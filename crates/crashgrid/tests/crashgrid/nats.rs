@@ -195,6 +195,18 @@ async fn three_pods_share_one_consumer_and_process_each_event_once() {
     eprintln!("shares of {} events over 3 pods: {shares:?}", ids.len());
 }
 
+/// Messages `pods` received that the server had delivered before.
+async fn redelivered_to(pods: &[NatsPod]) -> f64 {
+    let mut n = 0.0;
+    for p in pods {
+        n += p
+            .metric("crashgrid_nats_redelivered_total")
+            .await
+            .unwrap_or(0.0);
+    }
+    n
+}
+
 /// (b) A pod killed with SIGKILL in the middle of its batches: the broker redelivers what it
 /// had not acknowledged to the other pods, and nothing is lost or counted twice.
 ///
@@ -227,22 +239,43 @@ async fn a_killed_pods_unacknowledged_messages_go_to_the_others_and_count_once()
     let (bodies, ids) = batches("b", 1200, 20);
     publish_all(&js, "crashes.ios", &bodies).await;
 
-    // Kill pod-1 while it holds unacknowledged messages, well before the stream is drained.
-    let victim = &pods[0];
+    // Kill pod-1 while it holds unacknowledged messages, well before the stream is drained. A
+    // scrape showing messages in flight can be stale by the time of the kill (seen once: the
+    // pod had acknowledged all it held in between, so nothing was redelivered); so pod-1 is
+    // first stopped (SIGSTOP) and only killed once the server has redelivered what it held to
+    // the survivors (ack wait 6 s); if it held nothing, it resumes and the next moment is
+    // tried.
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut tries = 0;
     let held = loop {
-        let held = victim
+        let held = pods[0]
             .metric("crashgrid_nats_in_flight_messages")
             .await
             .unwrap_or(0.0);
-        if victim.sink_ids().len() >= 500 && held > 0.0 {
-            break held;
-        }
         assert!(
             Instant::now() < deadline,
-            "pod-1 never processed with messages in flight"
+            "pod-1 never held unacknowledged messages when stopped ({tries} tries)"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if pods[0].sink_ids().len() < 500 || held <= 0.0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        tries += 1;
+        let before = redelivered_to(&pods[1..]).await;
+        pods[0].signal(nix::sys::signal::Signal::SIGSTOP);
+        let stopped_at = Instant::now();
+        let mut redelivered = false;
+        while stopped_at.elapsed() < Duration::from_secs(12) {
+            if redelivered_to(&pods[1..]).await > before {
+                redelivered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if redelivered {
+            break held;
+        }
+        pods[0].signal(nix::sys::signal::Signal::SIGCONT);
     };
     pods[0].kill9();
     let dead_sink = pods[0].sink_ids();
