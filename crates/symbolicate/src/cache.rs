@@ -44,9 +44,10 @@ use symbolic::debuginfo::Object;
 use symbolic::symcache::{SymCacheConverter, SYMCACHE_VERSION};
 
 use crate::clock::{Clock, SystemClock};
+use crate::names::{lookup_in, NameMemo};
 use crate::object::{parse_archive, select};
+use crate::output::SourceFrame;
 use crate::store::{write_atomic, SymbolStore};
-use crate::symbolicator::{lookup_in, NameMemo, SourceFrame};
 use crate::symindex::{SymLayout, SymReader};
 
 /// Our own revision of the conversion; bump it when the converter's input or settings change.

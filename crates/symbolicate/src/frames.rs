@@ -27,8 +27,8 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use symbolic::common::DebugId;
 
+use crate::output::SourceFrame;
 use crate::shared::{FrameKey, FrameValue};
-use crate::symbolicator::SourceFrame;
 
 const SHARDS: usize = 16;
 

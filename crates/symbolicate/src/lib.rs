@@ -26,7 +26,9 @@ mod event;
 mod fast;
 mod frames;
 mod lines;
+mod names;
 mod object;
+mod output;
 mod pieces;
 mod shared;
 mod store;
@@ -41,12 +43,13 @@ pub use event::{
 };
 pub use frames::{FrameCache, FrameCacheStats};
 pub use object::{inspect, ObjectError, ObjectInfo};
+pub use output::{
+    EventMeta, FrameStatus, ModuleReport, SourceFrame, SymbolicatedCrash, SymbolicatedFrame,
+    SymbolicatedThread,
+};
 pub use shared::{FrameKey, FrameValue, SharedFrames};
 pub use store::{IndexChange, StoreError, StoredFile, SymbolStore};
 pub use symbolic::common::DebugId;
-pub use symbolicator::{
-    caller_address, EventMeta, FrameStatus, ModuleReport, SourceFrame, SymbolicatedCrash,
-    SymbolicatedFrame, SymbolicatedThread, Symbolicator,
-};
+pub use symbolicator::{caller_address, Symbolicator};
 #[doc(hidden)]
 pub use symindex::reference_lookup;

@@ -59,12 +59,13 @@ use symbolic::common::{Arch, DebugId};
 
 use crate::cache::CacheError;
 use crate::event::CrashEvent;
-use crate::store::{IndexChange, StoreError, StoredFile};
-use crate::symbolicator::{
-    caller_address, lookup_in, push_found, unresolved_frame, EventMeta, FrameStatus, ModuleReport,
-    SourceFrame, SymbolicatedCrash, SymbolicatedFrame, SymbolicatedThread, Symbolicator,
-    SYMBOLS_ONLY_NOTE,
+use crate::names::lookup_in;
+use crate::output::{
+    EventMeta, FrameStatus, ModuleReport, SourceFrame, SymbolicatedCrash, SymbolicatedFrame,
+    SymbolicatedThread, SYMBOLS_ONLY_NOTE,
 };
+use crate::store::{IndexChange, StoreError, StoredFile};
+use crate::symbolicator::{caller_address, push_found, unresolved_frame, Symbolicator};
 
 /// The key of one frame lookup in a shared cache (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

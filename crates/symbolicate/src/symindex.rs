@@ -547,13 +547,13 @@ fn lang_name(lang: symbolic::common::Language) -> &'static str {
 pub fn reference_lookup(
     cache: &symbolic::symcache::SymCache<'_>,
     addr: u64,
-) -> Vec<crate::symbolicator::SourceFrame> {
-    let mut frames: Vec<crate::symbolicator::SourceFrame> = cache
+) -> Vec<crate::output::SourceFrame> {
+    let mut frames: Vec<crate::output::SourceFrame> = cache
         .lookup(addr)
         .map(|loc| {
             let f = loc.function();
-            crate::symbolicator::SourceFrame {
-                function: crate::symbolicator::demangled_name(f.name(), f.language()).into(),
+            crate::output::SourceFrame {
+                function: crate::names::demangled_name(f.name(), f.language()).into(),
                 raw_function: f.name().into(),
                 abs_path: loc
                     .file()
@@ -578,7 +578,8 @@ mod tests {
     use symbolic::symcache::SymCache;
 
     use super::*;
-    use crate::symbolicator::{lookup_in, NameMemo, SourceFrame};
+    use crate::names::{lookup_in, NameMemo};
+    use crate::output::SourceFrame;
 
     /// `bytes` copied into a buffer at an address that is `misalign` past a multiple of 8 (the
     /// allocator decides where a `Vec` starts; the readers pad by address).
