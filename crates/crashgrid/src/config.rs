@@ -11,6 +11,12 @@ use serde::Deserialize;
 use crate::http::HttpConfig;
 use crate::node::{NodeConfig, SinkConfig};
 
+/// Port of the HTTP API and dashboard when `--listen` is not given (and `crashgrid up`'s
+/// first choice): the one the manifests and docs use.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// Port of pod-to-pod RPC when `--rpc-listen` is not given (the memberlist/Serf convention).
+pub const DEFAULT_RPC_PORT: u16 = 7946;
+
 /// Flags (and their environment variables) of `crashgrid serve`. Every field is optional so
 /// that a value given nowhere falls back to the TOML file, then to the default.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
@@ -458,7 +464,7 @@ impl ServeArgs {
         Ok(Some(ClusterSettings {
             rpc_listen: self
                 .rpc_listen
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7946))),
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_RPC_PORT))),
             advertise: self.advertise.clone(),
             secret,
             discovery,
@@ -558,7 +564,7 @@ impl ServeArgs {
         Ok(ServeSettings {
             listen: self
                 .listen
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_HTTP_PORT))),
             node,
             http,
             publish_interval,

@@ -44,7 +44,7 @@ enum Command {
     /// demo traffic; prints the dashboard URL. Ctrl-C stops everything.
     Up {
         /// Port of the dashboard (falls back to a free port when taken).
-        #[arg(long, default_value_t = 8080)]
+        #[arg(long, default_value_t = crashgrid::config::DEFAULT_HTTP_PORT)]
         port: u16,
         /// Demo crashes per second.
         #[arg(long, default_value_t = 200)]
