@@ -702,9 +702,15 @@ async fn upload_one(
                     return Err(format!("{} for {UPLOAD_BUSY_DEADLINE:?}", r.status()));
                 }
                 last = r.status().to_string();
-                // The short backoff, not the server's hint: uploads are received one at a
-                // time and each takes milliseconds, so a slot frees long before `Retry-After`.
-                backoff.clamp(MIN_RETRY_WAIT, MAX_RETRY_WAIT)
+                if r.status() == StatusCode::TOO_MANY_REQUESTS {
+                    retry_after(r.headers()).unwrap_or(backoff)
+                } else {
+                    // `uploads_busy`: the short backoff, not the server's hint. Uploads are
+                    // received one at a time and each takes milliseconds, so a slot frees long
+                    // before `Retry-After`.
+                    backoff
+                }
+                .clamp(MIN_RETRY_WAIT, MAX_RETRY_WAIT)
             }
             Ok(r) if r.status().is_client_error() => {
                 let status = r.status();

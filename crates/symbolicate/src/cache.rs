@@ -438,7 +438,7 @@ fn process_with_lines<'d>(
     object: &Object<'d>,
 ) -> Result<(), String> {
     use symbolic::common::Name;
-    use symbolic::debuginfo::{FileInfo, Function, LineInfo};
+    use symbolic::debuginfo::Function;
 
     let session = object.debug_session().map_err(|e| e.to_string())?;
     converter.set_arch(object.arch());
@@ -481,21 +481,11 @@ fn process_with_lines<'d>(
         converter.process_symbolic_function(&piece);
     }
     for (start, end, name) in &uncovered {
-        let i = rows.0.partition_point(|r| r.end <= *start);
-        let group: Vec<&crate::lines::Row> =
-            rows.0[i..].iter().take_while(|r| r.start < *end).collect();
-        let Some(first) = group.first() else {
+        // Rows are clipped to the union of wanted ranges, which may reach past this symbol.
+        let Some(first) = rows.overlapping(*start, *end).next() else {
             continue;
         };
-        let lines = group
-            .iter()
-            .map(|r| LineInfo {
-                address: r.start,
-                size: Some(r.end - r.start),
-                file: FileInfo::new(Cow::Borrowed(&r.dir[..]), Cow::Borrowed(&r.name[..])),
-                line: r.line,
-            })
-            .collect();
+        let lines = rows.lines_in(*start, *end);
         converter.process_symbolic_function(&Function {
             address: *start,
             size: end - start,

@@ -75,6 +75,15 @@ impl<'d> SymbolTable<'d> {
         (addr < s.1).then_some(s)
     }
 
+    /// Renames `piece` after the symbol llvm-symbolizer names `addr` by, if there is one.
+    fn name(&self, piece: &mut Function<'d>, addr: u64) {
+        if let Some((_, _, name)) = self.at(addr) {
+            if name.as_ref() != piece.name.as_str() {
+                piece.name = Name::new(name.clone(), NameMangling::Unknown, piece.name.language());
+            }
+        }
+    }
+
     /// The addresses inside `(start, end)` where the answer of [`SymbolTable::at`] changes.
     fn cuts(&self, start: u64, end: u64) -> Vec<u64> {
         let from = self
@@ -96,31 +105,28 @@ impl<'d> SymbolTable<'d> {
 /// `function` cut at the symbol boundaries inside it, each piece named as llvm-symbolizer
 /// names its first address (the DWARF name where no symbol covers it).
 pub(crate) fn split_by_symbols<'d>(
-    function: Function<'d>,
+    mut function: Function<'d>,
     table: &SymbolTable<'d>,
 ) -> Vec<Function<'d>> {
     let (start, end) = (function.address, function.end_address());
-    let mut bounds = vec![start];
-    bounds.extend(table.cuts(start, end));
-    bounds.push(end);
-    let mut pieces = Vec::with_capacity(bounds.len() - 1);
-    for w in bounds.windows(2) {
-        let mut piece = if bounds.len() == 2 {
-            function.clone()
-        } else {
-            match clip(&function, w[0], w[1]) {
-                Some(p) => p,
-                None => continue,
-            }
-        };
-        if let Some((_, _, name)) = table.at(w[0]) {
-            if name.as_ref() != piece.name.as_str() {
-                piece.name = Name::new(name.clone(), NameMangling::Unknown, piece.name.language());
-            }
-        }
-        pieces.push(piece);
+    let cuts = table.cuts(start, end);
+    if cuts.is_empty() {
+        // The common case: one piece, the function itself (renamed at most).
+        table.name(&mut function, start);
+        return vec![function];
     }
-    pieces
+    let bounds: Vec<u64> = std::iter::once(start)
+        .chain(cuts)
+        .chain(std::iter::once(end))
+        .collect();
+    bounds
+        .windows(2)
+        .filter_map(|w| {
+            let mut piece = clip(&function, w[0], w[1])?;
+            table.name(&mut piece, w[0]);
+            Some(piece)
+        })
+        .collect()
 }
 
 /// `function` restricted to `[lo, hi)`: its lines and inlinees clipped, empty ones dropped.
@@ -212,7 +218,7 @@ pub(crate) fn union(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 }
 
 /// Line rows by start address (`lines::rows_in` over the union of every wanted range).
-pub(crate) struct Rows(pub(crate) Vec<crate::lines::Row>);
+pub(crate) struct Rows(Vec<crate::lines::Row>);
 
 impl Rows {
     pub(crate) fn new(mut rows: Vec<crate::lines::Row>) -> Self {
@@ -220,13 +226,18 @@ impl Rows {
         Self(rows)
     }
 
-    /// Line infos for `[lo, hi)`, clipped to it.
-    fn lines_in(&self, lo: u64, hi: u64) -> Vec<LineInfo<'static>> {
+    /// The rows overlapping `[lo, hi)`, by start address.
+    pub(crate) fn overlapping(&self, lo: u64, hi: u64) -> impl Iterator<Item = &crate::lines::Row> {
         let i = self.0.partition_point(|r| r.end <= lo);
         self.0[i..]
             .iter()
-            .take_while(|r| r.start < hi)
-            .filter(|r| r.end > lo)
+            .take_while(move |r| r.start < hi)
+            .filter(move |r| r.end > lo)
+    }
+
+    /// Line infos for `[lo, hi)`, clipped to it.
+    pub(crate) fn lines_in(&self, lo: u64, hi: u64) -> Vec<LineInfo<'static>> {
+        self.overlapping(lo, hi)
             .map(|r| {
                 let (s, e) = (r.start.max(lo), r.end.min(hi));
                 LineInfo {
