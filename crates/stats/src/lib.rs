@@ -43,6 +43,7 @@ mod exchange;
 mod hll;
 mod latency;
 mod partial;
+mod protocol;
 mod record;
 mod snapshot;
 mod window;
@@ -55,6 +56,10 @@ pub use hll::{hash_user, HyperLogLog, PRECISION as HLL_PRECISION, SPARSE_MAX as 
 pub use latency::LatencySketch;
 pub use partial::{
     GroupCount, Partial, MAX_DISTINCT_GROUPS, MAX_DISTINCT_VALUES, MAX_TITLE_BYTES, MAX_VALUE_BYTES,
+};
+pub use protocol::{
+    Exchange, ExchangeCounters, Message, Outgoing, Ready, Refusal, Reply, RequestId, View,
+    BACKLOG_FRESH_SECONDS, STANDBYS,
 };
 pub use record::{CrashRecord, Dimension};
 pub use snapshot::{Breakdowns, GroupStat, LatencySummary, Snapshot, ValueCount, OTHER};

@@ -988,3 +988,6 @@ fn a_flood_of_unique_long_strings_stays_within_the_bounds_and_totals_stay_exact(
     assert!(snap.top_groups.iter().all(|g| g.id != OTHER));
     assert_eq!(snap.top_groups.len(), config.top_groups);
 }
+
+#[path = "stats/exchange.rs"]
+mod exchange;
